@@ -1,0 +1,24 @@
+//! nodens: a cluster-aware, node-local DNS caching resolver for Kubernetes.
+//!
+//! Layout (see docs/ARCHITECTURE.md for the whole map):
+//! - `config`: the TOML file, its defaults and validation; binds nothing.
+//! - `app`: build (bind) → spawn → drain.
+//! - `front`: the sockets. `front::udp` owns the batched hot loop,
+//!   `front::tcp` the framed, bounded TCP listener.
+//! - `pipeline`: the stages in query order, and the split between the
+//!   synchronous hit path and the async miss path.
+//! - `stage`: one module per stage: `guard`, `cache`, `upstream`.
+//! - `wire`: zero-copy reading and writing of DNS messages on the hot path.
+//! - `metrics`, `admin`: Prometheus metrics and the admin HTTP server.
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
+#![allow(missing_debug_implementations)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod front;
+pub mod metrics;
+pub mod pipeline;
+pub mod stage;
+pub mod wire;

@@ -1,0 +1,85 @@
+//! The `nodens` binary: parses the command line, loads the config, runs the
+//! app until SIGTERM/SIGINT. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nodens::config::{parse_server, Config};
+
+#[derive(Parser, Debug)]
+#[command(name = "nodens", version, about = "Node-local DNS caching resolver for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent: answer DNS on the listen addresses (the default command).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// TOML config file; every key has a default (see config/nodens.toml).
+    #[arg(long, env = "NODENS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to answer DNS on, UDP and TCP (repeatable; replaces `listen` from the file).
+    #[arg(long, env = "NODENS_LISTEN", value_name = "ADDR", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
+    /// Upstream server, "IP" or "IP:port" (repeatable; replaces `upstream.servers`).
+    #[arg(long, env = "NODENS_UPSTREAM", value_name = "ADDR", value_delimiter = ',', value_parser = parse_server)]
+    upstream: Vec<SocketAddr>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz (replaces `admin`).
+    #[arg(long, env = "NODENS_ADMIN", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if !args.upstream.is_empty() {
+        config.upstream.servers = args.upstream;
+    }
+    if let Some(admin) = args.admin {
+        config.admin = admin;
+    }
+    config.validate()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nodens-rt")
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async {
+        let app = nodens::app::App::build(config)?;
+        let running = app.spawn().context("starting workers")?;
+        shutdown_signal().await?;
+        tracing::info!("signal received, draining");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The path of a query (DESIGN §2): guard → cache → upstream, in that fixed
+//! order; the first stage that answers ends the walk.
+//!
+//! Owns: the composition of the stages and the split between the two paths.
+//! `answer_now` runs the stages that need no waiting (guard, cache) on the
+//! caller's thread and writes straight into the caller's buffer: the UDP
+//! workers call it per datagram. `resolve_miss` is the async rest (upstream),
+//! entered only with a permit from the in-flight limit. Must not: touch
+//! sockets (the fronts own them), or log above debug per query.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::BinDecodable;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::{Metrics, Source};
+use crate::stage::cache::{self, Cache, Entry, Key};
+use crate::stage::guard::{self, Acl, Verdict};
+use crate::stage::upstream::Upstreams;
+use crate::wire::{self, Query};
+
+/// Largest answer over TCP (RFC 7766 §8: the 2-byte length prefix).
+pub const TCP_LIMIT: usize = u16::MAX as usize;
+
+/// What the synchronous stages did with a datagram.
+#[derive(Debug)]
+pub enum Step {
+    /// `out` holds the answer.
+    Answered { source: Source, rcode: u8 },
+    /// Not in the cache: the query needs `resolve_miss`.
+    Miss(Query),
+    /// No answer is due.
+    Drop,
+}
+
+/// The transport a query came over decides the answer size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+pub struct Pipeline {
+    acl: Acl,
+    cache: Cache,
+    upstreams: Upstreams,
+    metrics: Metrics,
+    edns_udp_size: u16,
+    /// Admission control for the miss path: one permit per query waiting on an upstream.
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+}
+
+impl Pipeline {
+    pub fn new(
+        acl: Acl,
+        cache: Cache,
+        upstreams: Upstreams,
+        metrics: Metrics,
+        edns_udp_size: u16,
+        max_inflight: usize,
+    ) -> Pipeline {
+        Pipeline {
+            acl,
+            cache,
+            upstreams,
+            metrics,
+            edns_udp_size,
+            inflight: Arc::new(Semaphore::new(max_inflight)),
+            max_inflight,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn edns_udp_size(&self) -> u16 {
+        self.edns_udp_size
+    }
+
+    fn limit(&self, query: &Query, transport: Transport) -> usize {
+        match transport {
+            Transport::Udp => query.udp_limit(self.edns_udp_size),
+            Transport::Tcp => TCP_LIMIT,
+        }
+    }
+
+    /// Guard and cache, without waiting. `now` is shared by a batch of datagrams.
+    pub fn answer_now(
+        &self,
+        msg: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        let query = match guard::check(msg, src.ip(), &self.acl) {
+            Verdict::Resolve(q) => q,
+            Verdict::Drop => return Step::Drop,
+            verdict => {
+                guard::write(&verdict, msg, self.edns_udp_size, out);
+                return Step::Answered {
+                    source: Source::Local,
+                    rcode: verdict.rcode(),
+                };
+            }
+        };
+        let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
+        if let Some(entry) = self.cache.get(&key, now) {
+            if entry.write_answer(msg, &query, now, self.limit(&query, transport), self.edns_udp_size, out) {
+                return Step::Answered {
+                    source: Source::Cache,
+                    rcode: entry.rcode(),
+                };
+            }
+        }
+        Step::Miss(query)
+    }
+
+    /// A permit to enter the miss path, or None when `max_inflight` queries already wait.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inflight.clone().try_acquire_owned().ok()
+    }
+
+    /// The answer when the miss path is full: SERVFAIL, at once.
+    pub fn write_overloaded(&self, msg: &[u8], query: &Query, out: &mut Vec<u8>) {
+        cache::write_empty(
+            msg,
+            query,
+            query.flags,
+            wire::RCODE_SERVFAIL,
+            false,
+            self.edns_udp_size,
+            out,
+        );
+    }
+
+    /// The stages that may wait: names below a cached NXDOMAIN (RFC 8020),
+    /// then the upstream. Always writes an answer; SERVFAIL when upstream fails.
+    pub async fn resolve_miss(
+        &self,
+        msg: &[u8],
+        query: &Query,
+        transport: Transport,
+        _permit: OwnedSemaphorePermit,
+        out: &mut Vec<u8>,
+    ) -> (Source, u8) {
+        self.metrics.inflight.inc();
+        let answer = self.resolve_inner(msg, query, transport, out).await;
+        self.metrics.inflight.dec();
+        answer
+    }
+
+    async fn resolve_inner(&self, msg: &[u8], query: &Query, transport: Transport, out: &mut Vec<u8>) -> (Source, u8) {
+        let servfail = |out: &mut Vec<u8>| {
+            cache::write_empty(
+                msg,
+                query,
+                query.flags,
+                wire::RCODE_SERVFAIL,
+                false,
+                self.edns_udp_size,
+                out,
+            );
+            (Source::Upstream, wire::RCODE_SERVFAIL)
+        };
+        // The question name was checked by the guard; hickory re-reads it for the upstream query.
+        let Ok(name) = Name::from_bytes(query.qname(msg)) else {
+            return servfail(out);
+        };
+        let qtype = RecordType::from(query.qtype);
+        let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
+        let limit = self.limit(query, transport);
+        let now = Instant::now();
+        if let Some(ancestor) = self.cache.get_ancestor_nxdomain(&key, now) {
+            if let Ok(entry) = ancestor.for_descendant(&name, qtype) {
+                let entry = Arc::new(entry);
+                self.cache.insert(&key, entry.clone());
+                if entry.write_answer(msg, query, now, limit, self.edns_udp_size, out) {
+                    return (Source::Cache, entry.rcode());
+                }
+            }
+        }
+        let response = match self
+            .upstreams
+            .resolve(&name, qtype, query.dnssec_ok(), query.checking_disabled())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, %name, ?qtype, "upstream failed");
+                return servfail(out);
+            }
+        };
+        let now = Instant::now();
+        match Entry::from_response(&response, &name, qtype, query.dnssec_ok(), self.cache.limits(), now) {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                self.cache.insert(&key, entry.clone());
+                if entry.write_answer(msg, query, now, limit, self.edns_udp_size, out) {
+                    (Source::Upstream, entry.rcode())
+                } else {
+                    servfail(out)
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %name, ?qtype, "upstream answer not usable");
+                servfail(out)
+            }
+        }
+    }
+
+    /// Waits until every query on the miss path is answered (for draining).
+    pub async fn drained(&self) {
+        let _all = self.inflight.acquire_many(self.max_inflight as u32).await;
+    }
+}

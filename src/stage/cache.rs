@@ -1,0 +1,605 @@
+//! The cache stage (DESIGN §6): answers from stored wire-format messages.
+//!
+//! Owns: the cache key, the stored entry and how an entry becomes an answer
+//! for a particular client, the TTL rules (RFC 2181 §8, RFC 2308 §5), the
+//! bailiwick filter on what an upstream response may put in the cache.
+//! Must not: decode a message on a hit (an entry is patched, never rebuilt),
+//! lock, or allocate on a hit beyond moka's own bookkeeping.
+//!
+//! An entry stores a whole answer (header, question in lowercase, records)
+//! with the offset and original TTL of every record. A hit copies it, writes
+//! the client's ID, flags and question bytes (same length: only the case can
+//! differ) and the decayed TTLs, and appends an OPT record when the client
+//! used EDNS. Entries remember when they were stored and their original TTLs
+//! so serve-stale and prefetch can decide on the same data.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use moka::sync::Cache as Moka;
+use moka::Expiry;
+
+use crate::wire::{self, Query, MAX_NAME_LEN, OPT_LEN};
+
+/// Bounds on stored TTLs, from config (`cache.*`).
+#[derive(Clone, Copy, Debug)]
+pub struct TtlLimits {
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    pub min_negative_ttl: u32,
+    pub max_negative_ttl: u32,
+}
+
+/// Key flag: the query had the DO bit (DNSSEC records are cached apart).
+const KEY_DO: u8 = 1;
+/// Key flag: a name-wide NXDOMAIN, valid for every type (RFC 2308 §5, RFC 8020).
+const KEY_NXDOMAIN: u8 = 2;
+/// A key: lowercased wire name, type, class, flags.
+pub const MAX_KEY_LEN: usize = MAX_NAME_LEN + 5;
+
+/// A cache key built on the stack, so a lookup allocates nothing.
+pub struct Key {
+    buf: [u8; MAX_KEY_LEN],
+    len: usize,
+}
+
+impl Key {
+    /// `name` is a wire-format name of at most 255 bytes (the parser checked).
+    pub fn new(name: &[u8], qtype: u16, qclass: u16, dnssec_ok: bool) -> Key {
+        let mut buf = [0u8; MAX_KEY_LEN];
+        let n = name.len();
+        wire::lower_name_into(name, &mut buf[..n]);
+        buf[n..n + 2].copy_from_slice(&qtype.to_be_bytes());
+        buf[n + 2..n + 4].copy_from_slice(&qclass.to_be_bytes());
+        buf[n + 4] = if dnssec_ok { KEY_DO } else { 0 };
+        Key { buf, len: n + 5 }
+    }
+
+    /// The name-wide NXDOMAIN key of the same name.
+    pub fn nxdomain(&self) -> Key {
+        let mut k = Key {
+            buf: self.buf,
+            len: self.len,
+        };
+        let n = self.len - 5;
+        k.buf[n..n + 2].copy_from_slice(&0u16.to_be_bytes());
+        k.buf[n + 4] |= KEY_NXDOMAIN;
+        k
+    }
+
+    /// The name-wide NXDOMAIN key of each proper ancestor of this name, nearest first.
+    pub fn nxdomain_ancestors(&self) -> impl Iterator<Item = Key> + '_ {
+        let name_len = self.len - 5;
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            at += wire::parent_offset(&self.buf[at..name_len])?;
+            if self.buf[at] == 0 {
+                return None; // the root is never NXDOMAIN
+            }
+            let name = &self.buf[at..name_len];
+            let tail = &self.buf[name_len..self.len];
+            let k = Key::new(name, 0, u16::from_be_bytes([tail[2], tail[3]]), tail[4] & KEY_DO != 0);
+            Some(k.nxdomain())
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Where the TTL of one record sits in the stored message, and its TTL as stored.
+#[derive(Clone, Copy, Debug)]
+struct TtlSlot {
+    at: u16,
+    ttl: u32,
+}
+
+/// One cached answer.
+#[derive(Debug)]
+pub struct Entry {
+    /// A complete answer message as we would send it, ID 0, no OPT record.
+    wire: Box<[u8]>,
+    question_end: u16,
+    ttls: Box<[TtlSlot]>,
+    rcode: u8,
+    /// Upstream vouched for the data (AD); only passed on to clients that ask (RFC 6840 §5.8).
+    authentic: bool,
+    /// When the answer arrived; with `ttl` this gives freshness, and later staleness.
+    stored: Instant,
+    /// Seconds the whole entry stays fresh: the least TTL of the records that answer.
+    ttl: u32,
+    negative: bool,
+    /// The response was NXDOMAIN for the question name itself (no CNAME in front).
+    name_wide_nxdomain: bool,
+}
+
+/// Why an upstream response could not become an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("upstream rcode {0} is not an answer")]
+    NotAnAnswer(ResponseCode),
+    #[error("encoding the cached answer: {0}")]
+    Encode(#[from] hickory_proto::ProtoError),
+    #[error("encoded answer is malformed")]
+    Malformed,
+}
+
+impl Entry {
+    /// Builds an entry from an upstream response to (`qname`, `qtype`), keeping
+    /// only the records on the question's CNAME chain (and, for negative answers,
+    /// the SOA that sets their TTL), with TTLs clamped to `limits`.
+    pub fn from_response(
+        resp: &Message,
+        qname: &Name,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        limits: &TtlLimits,
+        now: Instant,
+    ) -> Result<Entry, EntryError> {
+        let rcode = resp.metadata.response_code;
+        if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+            return Err(EntryError::NotAnAnswer(rcode));
+        }
+        let (answers, last) = chain(&resp.answers, qname, qtype, dnssec_ok);
+        let answered = qtype == RecordType::CNAME && !answers.is_empty()
+            || answers.iter().any(|r| r.record_type() == qtype && r.name == last);
+        let negative = rcode == ResponseCode::NXDomain || !answered;
+
+        let mut ttl = u32::MAX;
+        let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
+        msg.metadata.recursion_available = true;
+        msg.metadata.response_code = rcode;
+        msg.metadata.authentic_data = resp.metadata.authentic_data;
+        msg.add_query(HQuery::query(qname.to_lowercase(), qtype));
+        for mut r in answers {
+            // Lowercase owners compress against the (lowercase) stored question,
+            // so a hit echoes the asking client's case, not the first asker's.
+            r.name = r.name.to_lowercase();
+            r.ttl = r.ttl.clamp(limits.min_ttl, limits.max_ttl);
+            ttl = ttl.min(r.ttl);
+            msg.add_answer(r);
+        }
+        if negative {
+            // RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and
+            // its MINIMUM. Without an SOA the answer is not cached (§5: SHOULD NOT).
+            let soa = resp.authorities.iter().find_map(|r| match &r.data {
+                RData::SOA(soa) if r.name.zone_of(&last) => Some((r, soa.minimum)),
+                _ => None,
+            });
+            let neg_ttl = match soa {
+                Some((r, minimum)) => r
+                    .ttl
+                    .min(minimum)
+                    .clamp(limits.min_negative_ttl, limits.max_negative_ttl),
+                None => 0,
+            };
+            ttl = ttl.min(neg_ttl);
+            for r in &resp.authorities {
+                let keep = match r.record_type() {
+                    RecordType::SOA => r.name.zone_of(&last),
+                    RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG => dnssec_ok,
+                    _ => false,
+                };
+                if keep {
+                    let mut r = r.clone();
+                    r.ttl = r.ttl.min(ttl);
+                    msg.add_authority(r);
+                }
+            }
+        }
+        if ttl == u32::MAX {
+            ttl = 0;
+        }
+        let name_wide_nxdomain = rcode == ResponseCode::NXDomain && msg.answers.is_empty();
+        Entry::from_wire(
+            msg.to_vec()?,
+            rcode.low(),
+            resp.metadata.authentic_data,
+            now,
+            ttl,
+            negative,
+            name_wide_nxdomain,
+        )
+    }
+
+    fn from_wire(
+        wire: Vec<u8>,
+        rcode: u8,
+        authentic: bool,
+        stored: Instant,
+        ttl: u32,
+        negative: bool,
+        name_wide_nxdomain: bool,
+    ) -> Result<Entry, EntryError> {
+        let question_end = wire::parse_question_end(&wire).ok_or(EntryError::Malformed)?;
+        let mut ttls = Vec::new();
+        wire::for_each_rr(&wire, |rr| {
+            ttls.push(TtlSlot {
+                at: rr.ttl_at as u16,
+                ttl: rr.ttl,
+            })
+        })
+        .ok_or(EntryError::Malformed)?;
+        if wire.len() > u16::MAX as usize {
+            return Err(EntryError::Malformed);
+        }
+        Ok(Entry {
+            wire: wire.into_boxed_slice(),
+            question_end: question_end as u16,
+            ttls: ttls.into_boxed_slice(),
+            rcode,
+            authentic,
+            stored,
+            ttl,
+            negative,
+            name_wide_nxdomain,
+        })
+    }
+
+    /// The same negative answer for a name below this one (RFC 8020 §2):
+    /// rebuilt through hickory, so only on the miss path.
+    pub fn for_descendant(&self, qname: &Name, qtype: RecordType) -> Result<Entry, EntryError> {
+        let mut msg = Message::from_vec(&self.wire).map_err(|_| EntryError::Malformed)?;
+        msg.queries.clear();
+        msg.add_query(HQuery::query(qname.to_lowercase(), qtype));
+        Entry::from_wire(
+            msg.to_vec()?,
+            self.rcode,
+            self.authentic,
+            self.stored,
+            self.ttl,
+            true,
+            true,
+        )
+    }
+
+    /// True while the entry may be served as fresh at `now`.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.elapsed(now) < self.ttl
+    }
+
+    fn elapsed(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.stored)
+            .as_secs()
+            .min(u32::MAX as u64) as u32
+    }
+
+    /// How long moka keeps the entry from `at` on.
+    fn keep_for(&self, at: Instant) -> Duration {
+        (self.stored + Duration::from_secs(self.ttl as u64)).saturating_duration_since(at)
+    }
+
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+    pub fn rcode(&self) -> u8 {
+        self.rcode
+    }
+    pub fn is_negative(&self) -> bool {
+        self.negative
+    }
+    pub fn is_name_wide_nxdomain(&self) -> bool {
+        self.name_wide_nxdomain
+    }
+
+    /// Bytes this entry costs in the cache, for the weigher.
+    fn weight(&self, key_len: usize) -> u32 {
+        (key_len + self.wire.len() + self.ttls.len() * 8 + std::mem::size_of::<Entry>() + 64) as u32
+    }
+
+    /// Writes this entry as the answer to `query` (held in `msg`) into `out`.
+    /// `limit` is the largest answer the transport allows (UDP: the client's
+    /// payload size; TCP: 65535): a larger answer becomes TC=1 with the question
+    /// only (RFC 1035 §4.2.1, RFC 6891 §7). Returns false if the entry's
+    /// question does not line up with the query's (it never should: keys match).
+    pub fn write_answer(
+        &self,
+        msg: &[u8],
+        query: &Query,
+        now: Instant,
+        limit: usize,
+        our_udp_size: u16,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if self.question_end as usize != query.question_end {
+            return false;
+        }
+        let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+        if self.wire.len() + opt_len > limit {
+            write_empty(msg, query, query.flags, wire::RCODE_NOERROR, true, our_udp_size, out);
+            return true;
+        }
+        out.clear();
+        out.extend_from_slice(&self.wire);
+        let ad = self.authentic && (query.dnssec_ok() || query.authentic_data());
+        let flags = wire::answer_flags(query.flags, self.rcode, ad, false, false);
+        out[0..2].copy_from_slice(&query.id.to_be_bytes());
+        out[2..4].copy_from_slice(&flags.to_be_bytes());
+        out[wire::HEADER_LEN..query.question_end].copy_from_slice(query.question(msg));
+        let elapsed = self.elapsed(now);
+        for slot in self.ttls.iter() {
+            let left = slot.ttl.min(self.ttl).saturating_sub(elapsed);
+            let at = slot.at as usize;
+            out[at..at + 4].copy_from_slice(&left.to_be_bytes());
+        }
+        if let Some(e) = query.edns {
+            let at = out.len();
+            out.resize(at + OPT_LEN, 0);
+            wire::write_opt(out, at, our_udp_size, e.dnssec_ok, 0);
+            out[10..12].copy_from_slice(&1u16.to_be_bytes());
+        }
+        true
+    }
+}
+
+/// Writes an answer with no records (errors, TC=1) into `out`.
+pub fn write_empty(msg: &[u8], query: &Query, flags: u16, rcode: u8, tc: bool, our_udp_size: u16, out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(wire::MAX_EMPTY_ANSWER, 0);
+    let n = wire::write_empty_answer(
+        msg,
+        Some(query),
+        wire::Head {
+            id: query.id,
+            flags,
+            rcode,
+            tc,
+        },
+        our_udp_size,
+        out,
+    );
+    out.truncate(n);
+}
+
+/// The records of `answers` on the CNAME chain from `qname` (RFC 1034 §3.6.2),
+/// and the name the chain ends at. Anything else an upstream put in the
+/// answer section is out of bailiwick for this question and is dropped.
+fn chain(answers: &[Record], qname: &Name, qtype: RecordType, dnssec_ok: bool) -> (Vec<Record>, Name) {
+    let mut names = vec![qname.clone()];
+    if qtype != RecordType::CNAME {
+        // Bounded: a chain longer than the answer section is a loop.
+        for _ in 0..answers.len().min(16) {
+            let last = names.last().expect("never empty");
+            let next = answers.iter().find_map(|r| match &r.data {
+                RData::CNAME(c) if &r.name == last => Some(c.0.clone()),
+                _ => None,
+            });
+            match next {
+                Some(n) if !names.contains(&n) => names.push(n),
+                _ => break,
+            }
+        }
+    }
+    let last = names.last().expect("never empty").clone();
+    let kept = answers
+        .iter()
+        .filter(|r| {
+            names.contains(&r.name)
+                && match r.record_type() {
+                    t if t == qtype => r.name == last || qtype == RecordType::CNAME,
+                    RecordType::CNAME => r.name != last,
+                    RecordType::RRSIG => dnssec_ok,
+                    _ => false,
+                }
+        })
+        .cloned()
+        .collect();
+    (kept, last)
+}
+
+/// The shared answer cache, bounded in bytes, with per-entry expiry and
+/// moka's TinyLFU admission so a flood of one-off names cannot evict the
+/// names that are asked again.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Moka<Box<[u8]>, Arc<Entry>>,
+    limits: TtlLimits,
+}
+
+#[allow(clippy::borrowed_box)] // moka's weigher signature
+fn weigh(k: &Box<[u8]>, v: &Arc<Entry>) -> u32 {
+    v.weight(k.len())
+}
+
+struct EntryExpiry;
+
+impl Expiry<Box<[u8]>, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(&self, _: &Box<[u8]>, v: &Arc<Entry>, at: Instant) -> Option<Duration> {
+        Some(v.keep_for(at))
+    }
+    fn expire_after_update(&self, _: &Box<[u8]>, v: &Arc<Entry>, at: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(v.keep_for(at))
+    }
+}
+
+impl Cache {
+    pub fn new(max_bytes: u64, limits: TtlLimits) -> Cache {
+        let inner = Moka::builder()
+            .max_capacity(max_bytes)
+            .weigher(weigh)
+            .expire_after(EntryExpiry)
+            .build();
+        Cache { inner, limits }
+    }
+
+    pub fn limits(&self) -> &TtlLimits {
+        &self.limits
+    }
+
+    /// The fresh entry answering `key`: its own, or the name-wide NXDOMAIN of
+    /// its name. Both have the question's length, so the hot path can serve them.
+    pub fn get(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
+        let fresh = |e: Arc<Entry>| e.is_fresh(now).then_some(e);
+        self.inner
+            .get(key.as_bytes())
+            .and_then(fresh)
+            .or_else(|| self.inner.get(key.nxdomain().as_bytes()).and_then(fresh))
+    }
+
+    /// A fresh NXDOMAIN cached for an ancestor of the key's name (RFC 8020).
+    pub fn get_ancestor_nxdomain(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
+        key.nxdomain_ancestors()
+            .find_map(|k| self.inner.get(k.as_bytes()).filter(|e| e.is_fresh(now)))
+    }
+
+    /// Stores `entry` for `key` if it has any lifetime; a name-wide NXDOMAIN
+    /// goes under the name's NXDOMAIN key so it answers every type.
+    pub fn insert(&self, key: &Key, entry: Arc<Entry>) {
+        if entry.ttl == 0 {
+            return;
+        }
+        let k = if entry.name_wide_nxdomain {
+            key.nxdomain()
+        } else {
+            Key {
+                buf: key.buf,
+                len: key.len,
+            }
+        };
+        self.inner.insert(k.as_bytes().into(), entry);
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.weighted_size()
+    }
+
+    /// Lets moka apply pending evictions now (metrics read counts after it).
+    pub fn run_pending_tasks(&self) {
+        self.inner.run_pending_tasks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, CNAME, SOA};
+    use std::str::FromStr;
+
+    const LIMITS: TtlLimits = TtlLimits {
+        min_ttl: 0,
+        max_ttl: 86400,
+        min_negative_ttl: 30,
+        max_negative_ttl: 3600,
+    };
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    fn soa(zone: &str, ttl: u32, minimum: u32) -> Record {
+        Record::from_rdata(
+            name(zone),
+            ttl,
+            RData::SOA(SOA::new(name("ns."), name("h."), 1, 1, 1, 1, minimum)),
+        )
+    }
+
+    fn response(rcode: ResponseCode, answers: Vec<Record>, authority: Vec<Record>) -> Message {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.metadata.response_code = rcode;
+        m.answers = answers;
+        m.authorities = authority;
+        m
+    }
+
+    fn query_bytes(qname: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0x4242;
+        m.metadata.recursion_desired = true;
+        m.add_query(HQuery::query(name(qname), qtype));
+        let mut v = m.to_vec().unwrap();
+        // hickory writes names in lowercase; put the asked case back.
+        let mut at = 12;
+        for label in qname.trim_end_matches('.').split('.') {
+            v[at + 1..at + 1 + label.len()].copy_from_slice(label.as_bytes());
+            at += 1 + label.len();
+        }
+        v
+    }
+
+    #[test]
+    fn keeps_only_the_question_chain() {
+        let resp = response(
+            ResponseCode::NoError,
+            vec![
+                Record::from_rdata(name("www.a."), 60, RData::CNAME(CNAME(name("x.b.")))),
+                Record::from_rdata(name("x.b."), 300, RData::A(A::new(192, 0, 2, 1))),
+                Record::from_rdata(name("evil.c."), 300, RData::A(A::new(6, 6, 6, 6))),
+            ],
+            vec![],
+        );
+        let e = Entry::from_response(&resp, &name("www.a."), RecordType::A, false, &LIMITS, Instant::now()).unwrap();
+        let m = Message::from_vec(&e.wire).unwrap();
+        assert_eq!(m.answers.len(), 2);
+        assert_eq!(e.ttl, 60);
+        assert!(!e.negative);
+    }
+
+    #[test]
+    fn negative_ttl_from_soa_clamped() {
+        let now = Instant::now();
+        let nx = response(ResponseCode::NXDomain, vec![], vec![soa("a.", 300, 60)]);
+        let e = Entry::from_response(&nx, &name("no.a."), RecordType::A, false, &LIMITS, now).unwrap();
+        assert_eq!((e.ttl, e.negative, e.name_wide_nxdomain), (60, true, true));
+        let nx = response(ResponseCode::NXDomain, vec![], vec![soa("a.", 300, 5)]);
+        let e = Entry::from_response(&nx, &name("no.a."), RecordType::A, false, &LIMITS, now).unwrap();
+        assert_eq!(e.ttl, 30, "raised to min_negative_ttl");
+        let bare = response(ResponseCode::NXDomain, vec![], vec![]);
+        let e = Entry::from_response(&bare, &name("no.a."), RecordType::A, false, &LIMITS, now).unwrap();
+        assert_eq!(e.ttl, 0, "no SOA, not cached");
+    }
+
+    #[test]
+    fn hit_patches_id_case_and_ttl() {
+        let t0 = Instant::now();
+        let resp = response(
+            ResponseCode::NoError,
+            vec![Record::from_rdata(name("www.a."), 300, RData::A(A::new(192, 0, 2, 1)))],
+            vec![],
+        );
+        let e = Entry::from_response(&resp, &name("www.a."), RecordType::A, false, &LIMITS, t0).unwrap();
+        let q = query_bytes("WwW.a.", RecordType::A);
+        let pq = wire::parse_query(&q).unwrap();
+        let mut out = Vec::new();
+        assert!(e.write_answer(&q, &pq, t0 + Duration::from_secs(100), 512, 1232, &mut out));
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.id, 0x4242);
+        assert!(m.metadata.recursion_desired && m.metadata.recursion_available);
+        assert_eq!(m.queries[0].name().to_string(), "WwW.a.");
+        assert_eq!(m.answers[0].ttl, 200);
+        out.clear();
+        assert!(e.write_answer(&q, &pq, t0, 20, 1232, &mut out));
+        assert!(Message::from_vec(&out).unwrap().metadata.truncation);
+    }
+
+    #[test]
+    fn nxdomain_answers_every_type_and_descendants() {
+        let now = Instant::now();
+        let cache = Cache::new(1 << 20, LIMITS);
+        let nx = response(ResponseCode::NXDomain, vec![], vec![soa("a.", 300, 60)]);
+        let e = Entry::from_response(&nx, &name("no.a."), RecordType::A, false, &LIMITS, now).unwrap();
+        let key = |n: &str, t: RecordType| {
+            let q = query_bytes(n, t);
+            let pq = wire::parse_query(&q).unwrap();
+            Key::new(pq.qname(&q), pq.qtype, pq.qclass, false)
+        };
+        cache.insert(&key("no.a.", RecordType::A), Arc::new(e));
+        assert!(cache.get(&key("NO.a.", RecordType::TXT), now).is_some());
+        assert!(cache.get(&key("x.no.a.", RecordType::A), now).is_none());
+        let anc = cache
+            .get_ancestor_nxdomain(&key("x.y.no.a.", RecordType::A), now)
+            .unwrap();
+        let d = anc.for_descendant(&name("x.y.no.a."), RecordType::A).unwrap();
+        assert_eq!(d.rcode, 3);
+        assert!(cache
+            .get(&key("no.a.", RecordType::A), now + Duration::from_secs(61))
+            .is_none());
+    }
+}

@@ -1,0 +1,6 @@
+//! The pipeline stages, one module each, in query order: `guard`, `cache`,
+//! `upstream` (DESIGN §2). Each stage owns its config and its rules.
+
+pub mod cache;
+pub mod guard;
+pub mod upstream;

@@ -1,0 +1,3 @@
+//! Shared fakes and helpers for the integration tests.
+
+pub mod upstream;
