@@ -9,10 +9,20 @@ use clap::{Parser, Subcommand};
 use nodens::config::{parse_server, Config};
 
 #[derive(Parser, Debug)]
-#[command(name = "nodens", version, about = "Node-local DNS caching resolver for Kubernetes")]
+#[command(
+    name = "nodens",
+    version,
+    about = "Node-local DNS caching resolver for Kubernetes",
+    long_about = "Node-local DNS caching resolver for Kubernetes.\n\n\
+                  With no subcommand, runs `serve` and takes its flags.",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The flags of `serve`, for when no subcommand is given (it is the default).
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -21,7 +31,7 @@ enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// TOML config file; every key has a default (see config/nodens.toml).
     #[arg(long, env = "NODENS_CONFIG", value_name = "FILE")]
@@ -42,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let Command::Serve(args) = cli.command.unwrap_or(Command::Serve(cli.serve));
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

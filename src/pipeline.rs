@@ -22,6 +22,9 @@ use crate::stage::guard::{self, Acl, Verdict};
 use crate::stage::upstream::Upstreams;
 use crate::wire::{self, Query};
 
+/// Seconds a resolution failure is cached (RFC 9520 §3.2: at least 1).
+const FAILURE_TTL: u32 = 1;
+
 /// Largest answer over TCP (RFC 7766 §8: the 2-byte length prefix).
 pub const TCP_LIMIT: usize = u16::MAX as usize;
 
@@ -197,6 +200,9 @@ impl Pipeline {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, %name, ?qtype, "upstream failed");
+                if let Ok(entry) = Entry::failure(&name, qtype, FAILURE_TTL, Instant::now()) {
+                    self.cache.insert(&key, Arc::new(entry));
+                }
                 return servfail(out);
             }
         };

@@ -34,6 +34,7 @@ pub const RCODE_REFUSED: u8 = 5;
 
 // Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2 for AD/CD).
 const FLAG_QR: u16 = 0x8000;
+const FLAG_OPCODE: u16 = 0x7800;
 const FLAG_TC: u16 = 0x0200;
 const FLAG_RD: u16 = 0x0100;
 const FLAG_RA: u16 = 0x0080;
@@ -265,10 +266,10 @@ pub fn for_each_rr(msg: &[u8], mut f: impl FnMut(&RrHeader)) -> Option<()> {
     Some(())
 }
 
-/// Header flags of an answer: QR and RA set, opcode QUERY, RD and CD copied
-/// from the query (RFC 1035 §4.1.1, RFC 4035 §3.2.2).
+/// Header flags of an answer: QR and RA set; opcode, RD and CD copied from
+/// the query (RFC 1035 §4.1.1, RFC 4035 §3.2.2).
 pub fn answer_flags(query_flags: u16, rcode: u8, ad: bool, aa: bool, tc: bool) -> u16 {
-    let mut f = FLAG_QR | FLAG_RA | (query_flags & (FLAG_RD | FLAG_CD)) | (rcode as u16 & 0xf);
+    let mut f = FLAG_QR | FLAG_RA | (query_flags & (FLAG_OPCODE | FLAG_RD | FLAG_CD)) | (rcode as u16 & 0xf);
     if ad {
         f |= FLAG_AD;
     }

@@ -239,6 +239,16 @@ impl Entry {
         })
     }
 
+    /// A resolution failure (SERVFAIL), kept `ttl` seconds so clients that
+    /// retry do not each send the failing question upstream again (RFC 9520 §3.2).
+    pub fn failure(qname: &Name, qtype: RecordType, ttl: u32, now: Instant) -> Result<Entry, EntryError> {
+        let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
+        msg.metadata.recursion_available = true;
+        msg.metadata.response_code = ResponseCode::ServFail;
+        msg.add_query(HQuery::query(qname.to_lowercase(), qtype));
+        Entry::from_wire(msg.to_vec()?, ResponseCode::ServFail.low(), false, now, ttl, true, false)
+    }
+
     /// The same negative answer for a name below this one (RFC 8020 §2):
     /// rebuilt through hickory, so only on the miss path.
     pub fn for_descendant(&self, qname: &Name, qtype: RecordType) -> Result<Entry, EntryError> {

@@ -1,3 +1,5 @@
-//! Shared fakes and helpers for the integration tests.
+//! Shared fakes and helpers for the integration tests: the upstream DNS
+//! server (`upstream`), and starting nodens itself (`server`).
 
+pub mod server;
 pub mod upstream;
