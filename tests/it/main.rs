@@ -1,4 +1,12 @@
 //! Integration tests: each starts the whole app on ephemeral loopback ports
-//! with real sockets and talks to it over UDP/TCP.
+//! with real sockets and talks to it over UDP/TCP, against an in-process
+//! authoritative upstream (support::upstream).
 
+mod admin;
+mod cache;
+mod config;
+mod guard;
+mod smoke;
 mod support;
+mod truncation;
+mod upstream_faults;
