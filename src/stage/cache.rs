@@ -246,7 +246,15 @@ impl Entry {
         msg.metadata.recursion_available = true;
         msg.metadata.response_code = ResponseCode::ServFail;
         msg.add_query(HQuery::query(qname.to_lowercase(), qtype));
-        Entry::from_wire(msg.to_vec()?, ResponseCode::ServFail.low(), false, now, ttl, true, false)
+        Entry::from_wire(
+            msg.to_vec()?,
+            ResponseCode::ServFail.low(),
+            false,
+            now,
+            ttl,
+            true,
+            false,
+        )
     }
 
     /// The same negative answer for a name below this one (RFC 8020 §2):
