@@ -13,7 +13,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use nodens::metrics::Metrics;
-use nodens::pipeline::{Pipeline, Step, Transport};
+use nodens::pipeline::{Pipeline, Stages, Step, Transport};
 use nodens::stage::cache::{Cache, Entry, Key, TtlLimits};
 use nodens::stage::guard::Acl;
 use nodens::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};

@@ -5,6 +5,7 @@
 //! Owns: the lifecycle. Must not: parse config or answer queries itself.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,10 +14,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::admin::{AdminError, AdminServer, Readiness};
-use crate::config::{Config, ConfigError};
+use crate::cluster::authority::{Authority, ZoneSettings};
+use crate::cluster::index::{new_index, IndexWriter};
+use crate::config::{ClusterConfig, Config, ConfigError, PodsMode, SourceKind};
+use crate::cluster::source::static_file;
+use crate::metrics::ClusterMetrics;
 use crate::front::{tcp, udp};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Stages};
 use crate::stage::cache::{Cache, TtlLimits};
 use crate::stage::guard::Acl;
 use crate::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};
@@ -46,6 +51,8 @@ pub struct App {
     dns_addrs: Vec<SocketAddr>,
     admin: AdminServer,
     readiness: Readiness,
+    /// The index writer, handed to the cluster source's task at spawn.
+    cluster: Option<IndexWriter>,
 }
 
 impl App {
@@ -94,23 +101,34 @@ impl App {
                 requests: metrics.upstream_requests.clone(),
             },
         );
-        let pipeline = Arc::new(Pipeline::new(
-            Acl::new(config.allow.clone()),
-            cache,
-            upstreams,
-            metrics,
-            config.edns_udp_size,
-            config.max_inflight,
-        ));
-        Ok(App {
-            config,
-            pipeline,
-            udp: udp_sockets,
-            tcp: tcp_listeners,
-            dns_addrs,
-            admin,
-            readiness,
-        })
+        let k = &config.cluster;
+        let (cluster, authority) = if k.source == SourceKind::None {
+            (None, None)
+        } else {
+            let (writer, handle) = new_index();
+            let settings = ZoneSettings {
+                domain: k.domain.clone(),
+                service_ttl: k.service_ttl,
+                endpoint_ttl: k.endpoint_ttl,
+                negative_ttl: k.negative_ttl,
+                pods: k.pods == PodsMode::Insecure,
+                reverse_cidrs: k.reverse_cidrs.clone(),
+            };
+            (Some(writer), Some(Authority::new(settings, handle)))
+        };
+        let cluster_fallback = (!k.cluster_upstream.is_empty()).then(|| {
+            Upstreams::new(
+                UpstreamSettings {
+                    servers: k.cluster_upstream.clone(),
+                    timeout: config.upstream.timeout,
+                    edns_udp_size: config.edns_udp_size,
+                },
+                UpstreamMetrics { requests: metrics.upstream_requests.clone() },
+            )
+        });
+        let stages = Stages { acl: Acl::new(config.allow.clone()), authority, cache, upstreams, cluster_fallback };
+        let pipeline = Arc::new(Pipeline::new(stages, metrics, config.edns_udp_size, config.max_inflight));
+        Ok(App { config, pipeline, udp: udp_sockets, tcp: tcp_listeners, dns_addrs, admin, readiness, cluster })
     }
 
     /// The bound DNS addresses, one per `listen` entry (UDP and TCP share it).
@@ -154,8 +172,22 @@ impl App {
                 shutdown_rx.clone(),
             )));
         }
-        let gauges = tokio::spawn(publish_cache_gauges(self.pipeline.clone(), shutdown_rx));
-        self.readiness.set_ready(true);
+        let gauges = tokio::spawn(publish_cache_gauges(self.pipeline.clone(), shutdown_rx.clone()));
+        let mut source = None;
+        match (self.cluster, self.pipeline.authority()) {
+            (Some(writer), Some(authority)) => {
+                let metrics = self.pipeline.metrics().cluster.clone();
+                source = Some(tokio::spawn(run_source(self.config.cluster.clone(), writer, metrics, shutdown_rx)));
+                // Ready once the listeners are bound and the index has its first complete state.
+                let (index, readiness) = (authority.index().clone(), self.readiness.clone());
+                tokio::spawn(async move {
+                    index.wait_synced().await;
+                    readiness.set_ready(true);
+                    tracing::info!("cluster index synced; ready");
+                });
+            }
+            _ => self.readiness.set_ready(true),
+        }
         tracing::info!(listen = ?self.dns_addrs, admin = %self.admin.local_addr(), "nodens serving");
         Ok(Running {
             pipeline: self.pipeline,
@@ -164,6 +196,7 @@ impl App {
             threads,
             tcp_tasks,
             gauges,
+            source,
             admin: self.admin,
             readiness: self.readiness,
             grace: self.config.shutdown_grace,
@@ -206,6 +239,37 @@ fn bind_pair(
     Err(last.expect("at least one attempt"))
 }
 
+/// Runs the configured cluster source until shutdown.
+async fn run_source(
+    config: ClusterConfig,
+    writer: IndexWriter,
+    metrics: ClusterMetrics,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut writer = writer;
+    match config.source {
+        SourceKind::None => {}
+        SourceKind::Demo => {
+            tracing::warn!("serving the demo cluster built into the binary; set cluster.source for a real cluster");
+            match static_file::parse(Path::new("<built-in demo cluster>"), DEMO_CLUSTER, &metrics) {
+                Ok(state) => static_file::publish(&mut writer, &metrics, state),
+                Err(e) => tracing::error!(error = %e, "the built-in demo cluster does not load"),
+            }
+        }
+        SourceKind::Static => {
+            let path = config.static_file.unwrap_or_default();
+            static_file::run(path, writer, metrics, config.static_poll_interval, shutdown).await;
+        }
+        SourceKind::Kubernetes => {
+            tracing::error!("cluster source kubernetes is not built yet");
+            let _ = shutdown;
+        }
+    }
+}
+
+/// The demo cluster (`cluster.source = "demo"`), built in so a fresh machine answers cluster names.
+const DEMO_CLUSTER: &[u8] = include_bytes!("../config/example-cluster.yaml");
+
 /// Keeps the cache gauges current; moka counts lazily, so read them on a timer.
 async fn publish_cache_gauges(pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -230,6 +294,7 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
     gauges: tokio::task::JoinHandle<()>,
+    source: Option<tokio::task::JoinHandle<()>>,
     admin: AdminServer,
     readiness: Readiness,
     grace: Duration,
@@ -267,6 +332,9 @@ impl Running {
             tracing::warn!(grace = ?self.grace, "shutdown grace period over with queries in flight");
         }
         self.gauges.abort();
+        if let Some(source) = self.source {
+            source.abort();
+        }
         let admin = self.admin;
         let _ = tokio::task::spawn_blocking(move || admin.shutdown()).await;
         tracing::info!("nodens stopped");

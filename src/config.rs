@@ -59,6 +59,73 @@ pub struct Config {
     pub tcp: TcpConfig,
     pub cache: CacheConfig,
     pub upstream: UpstreamConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Where the cluster index comes from (DESIGN §4).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// No cluster zone: cluster names go through the cache and upstream like any other.
+    None,
+    /// The small example cluster built into the binary (config/example-cluster.yaml), for trying nodens out.
+    Demo,
+    /// A `kubectl get svc,endpointslices -A -o yaml` dump (`static_file`), reloaded when it changes.
+    Static,
+    /// A direct watch of the API server (`kubeconfig`, or in-cluster config).
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PodsMode {
+    Disabled,
+    /// Answer `a-b-c-d.<ns>.pod.<domain>` from the name alone, as kube-dns does.
+    Insecure,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub source: SourceKind,
+    /// The cluster domain answered authoritatively.
+    pub domain: String,
+    pub static_file: Option<PathBuf>,
+    /// How often the static file is checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub static_poll_interval: Duration,
+    /// Kubeconfig for the `kubernetes` source; unset means in-cluster config, then the default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+    /// TTL of ClusterIP, ExternalName, pod and service PTR records.
+    pub service_ttl: u32,
+    /// TTL of headless endpoint records.
+    pub endpoint_ttl: u32,
+    /// SOA TTL and MINIMUM of the zone: how long a negative answer is cached by clients.
+    pub negative_ttl: u32,
+    pub pods: PodsMode,
+    /// Service and pod CIDRs whose reverse (PTR) zones are answered authoritatively.
+    pub reverse_cidrs: Vec<IpNet>,
+    /// Where cluster-zone queries go until the index first syncs (the old kube-dns); empty means SERVFAIL.
+    #[serde(deserialize_with = "servers")]
+    pub cluster_upstream: Vec<SocketAddr>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            source: SourceKind::Demo,
+            domain: "cluster.local".into(),
+            static_file: None,
+            static_poll_interval: Duration::from_secs(1),
+            kubeconfig: None,
+            service_ttl: 30,
+            endpoint_ttl: 5,
+            negative_ttl: 5,
+            pods: PodsMode::Insecure,
+            reverse_cidrs: Vec::new(),
+            cluster_upstream: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -113,6 +180,7 @@ impl Default for Config {
             tcp: TcpConfig::default(),
             cache: CacheConfig::default(),
             upstream: UpstreamConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -249,6 +317,30 @@ impl Config {
         let t = self.upstream.timeout;
         if t < Duration::from_millis(10) || t > Duration::from_secs(30) {
             return Err(invalid("upstream.timeout", t, "must be between 10ms and 30s"));
+        }
+        let k = &self.cluster;
+        let valid_domain = !k.domain.is_empty()
+            && k.domain.len() <= 200
+            && k.domain.trim_end_matches('.').split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_domain {
+            return Err(invalid("cluster.domain", &k.domain, "must be a DNS name such as cluster.local"));
+        }
+        if k.source == SourceKind::Static && k.static_file.is_none() {
+            return Err(invalid(
+                "cluster.static_file",
+                &k.static_file,
+                "is required with cluster.source = \"static\" (or pass --cluster-state FILE)",
+            ));
+        }
+        if k.static_poll_interval < Duration::from_millis(10) {
+            return Err(invalid("cluster.static_poll_interval", k.static_poll_interval, "must be at least 10ms"));
+        }
+        for (key, ttl) in [("cluster.service_ttl", k.service_ttl), ("cluster.endpoint_ttl", k.endpoint_ttl)] {
+            if ttl > 86400 {
+                return Err(invalid(key, ttl, "must be at most 86400"));
+            }
         }
         for s in &self.upstream.servers {
             if s.port() == 0 || s.ip().is_unspecified() {

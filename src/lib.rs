@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod front;
 pub mod metrics;

@@ -38,8 +38,10 @@ pub enum Source {
     Upstream = 1,
     /// Answered by nodens itself: guard errors, RFC 8482, overload.
     Local = 2,
+    /// Answered by the cluster zone's authority from the index.
+    Cluster = 3,
 }
-const SOURCES: [&str; 3] = ["cache", "upstream", "local"];
+const SOURCES: [&str; 4] = ["cache", "upstream", "local", "cluster"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -68,6 +70,67 @@ pub enum Drop {
 }
 const DROPS: [&str; 3] = ["malformed", "overload", "send_failed"];
 
+/// Metrics of the cluster index and its sources.
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    /// Services in the index.
+    pub services: IntGauge,
+    /// Endpoint addresses published for headless services.
+    pub endpoints: IntGauge,
+    /// Unix time of the last complete sync (initial list, relist, file load).
+    pub last_sync: prometheus::Gauge,
+    /// Watch streams restarted, by resource (errors, 410 Gone relists).
+    pub watch_restarts: IntCounterVec,
+    /// Objects a source could not reduce and skipped, by resource.
+    pub skipped: IntCounterVec,
+    /// Static file reloads, by outcome (ok, error).
+    pub reloads: IntCounterVec,
+}
+
+impl ClusterMetrics {
+    fn new(registry: &Registry) -> Result<ClusterMetrics, prometheus::Error> {
+        let m = ClusterMetrics {
+            services: IntGauge::new("nodens_cluster_services", "Services in the cluster index")?,
+            endpoints: IntGauge::new("nodens_cluster_endpoints", "Endpoint addresses published for headless services")?,
+            last_sync: prometheus::Gauge::new(
+                "nodens_cluster_last_sync_timestamp_seconds",
+                "Unix time of the last complete sync of the cluster index",
+            )?,
+            watch_restarts: IntCounterVec::new(
+                Opts::new("nodens_cluster_watch_restarts_total", "Watch streams restarted, by resource"),
+                &["resource"],
+            )?,
+            skipped: IntCounterVec::new(
+                Opts::new("nodens_cluster_objects_skipped_total", "Objects skipped as unusable, by resource"),
+                &["resource"],
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new("nodens_cluster_static_reloads_total", "Static cluster-state file loads, by outcome"),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.services.clone()))?;
+        registry.register(Box::new(m.endpoints.clone()))?;
+        registry.register(Box::new(m.last_sync.clone()))?;
+        registry.register(Box::new(m.watch_restarts.clone()))?;
+        registry.register(Box::new(m.skipped.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        Ok(m)
+    }
+
+    /// Updates the size gauges after the writer published.
+    pub fn published(&self, writer: &crate::cluster::index::IndexWriter) {
+        self.services.set(writer.service_count() as i64);
+        self.endpoints.set(writer.endpoint_count() as i64);
+    }
+
+    /// Records a complete sync now.
+    pub fn synced(&self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_sync.set(now.as_secs_f64());
+    }
+}
+
 /// Every metric of the data plane, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -81,6 +144,7 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub tcp_connections: IntGauge,
     pub inflight: IntGauge,
+    pub cluster: ClusterMetrics,
 }
 
 impl Metrics {
@@ -134,6 +198,7 @@ impl Metrics {
         registry.register(Box::new(cache_bytes.clone()))?;
         registry.register(Box::new(tcp_connections.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        let cluster = ClusterMetrics::new(&registry)?;
 
         let qtype_names = QTYPES.iter().map(|(_, n)| *n).chain(["other"]);
         let requests = PROTOS
@@ -157,6 +222,7 @@ impl Metrics {
             cache_bytes,
             tcp_connections,
             inflight,
+            cluster,
         })
     }
 

@@ -1,5 +1,5 @@
-//! The path of a query (DESIGN §2): guard → cache → upstream, in that fixed
-//! order; the first stage that answers ends the walk.
+//! The path of a query (DESIGN §2): guard → cluster zone → cache → upstream,
+//! in that fixed order; the first stage that answers ends the walk.
 //!
 //! Owns: the composition of the stages and the split between the two paths.
 //! `answer_now` runs the stages that need no waiting (guard, cache) on the
@@ -16,6 +16,7 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cluster::authority::{Ask, Authority, Outcome};
 use crate::metrics::{Metrics, Source};
 use crate::stage::cache::{self, Cache, Entry, Key};
 use crate::stage::guard::{self, Acl, Verdict};
@@ -33,10 +34,32 @@ pub const TCP_LIMIT: usize = u16::MAX as usize;
 pub enum Step {
     /// `out` holds the answer.
     Answered { source: Source, rcode: u8 },
-    /// Not in the cache: the query needs `resolve_miss`.
-    Miss(Query),
+    /// The query needs `resolve_miss`, which takes this route.
+    Miss(Query, Route),
     /// No answer is due.
     Drop,
+}
+
+/// Where a miss is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Not in the cache: ask the upstreams.
+    Upstream,
+    /// A cluster-zone name before the index synced: ask `cluster_upstream`.
+    ClusterFallback,
+    /// An ExternalName service: CNAME to `target` plus the target's records.
+    Alias { target: Box<[u8]>, ttl: u32 },
+}
+
+/// The stages a pipeline is built from.
+pub struct Stages {
+    pub acl: Acl,
+    /// The cluster zone, when a cluster source is configured.
+    pub authority: Option<Authority>,
+    pub cache: Cache,
+    pub upstreams: Upstreams,
+    /// Where cluster-zone queries go before the index first syncs.
+    pub cluster_fallback: Option<Upstreams>,
 }
 
 /// The transport a query came over decides the answer size limit.
@@ -48,8 +71,10 @@ pub enum Transport {
 
 pub struct Pipeline {
     acl: Acl,
+    authority: Option<Authority>,
     cache: Cache,
     upstreams: Upstreams,
+    cluster_fallback: Option<Upstreams>,
     metrics: Metrics,
     edns_udp_size: u16,
     /// Admission control for the miss path: one permit per query waiting on an upstream.
@@ -58,18 +83,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        acl: Acl,
-        cache: Cache,
-        upstreams: Upstreams,
-        metrics: Metrics,
-        edns_udp_size: u16,
-        max_inflight: usize,
-    ) -> Pipeline {
+    pub fn new(stages: Stages, metrics: Metrics, edns_udp_size: u16, max_inflight: usize) -> Pipeline {
+        let Stages { acl, authority, cache, upstreams, cluster_fallback } = stages;
         Pipeline {
             acl,
+            authority,
             cache,
             upstreams,
+            cluster_fallback,
             metrics,
             edns_udp_size,
             inflight: Arc::new(Semaphore::new(max_inflight)),
@@ -85,6 +106,10 @@ impl Pipeline {
         &self.cache
     }
 
+    pub fn authority(&self) -> Option<&Authority> {
+        self.authority.as_ref()
+    }
+
     pub fn edns_udp_size(&self) -> u16 {
         self.edns_udp_size
     }
@@ -96,7 +121,7 @@ impl Pipeline {
         }
     }
 
-    /// Guard and cache, without waiting. `now` is shared by a batch of datagrams.
+    /// Guard, cluster zone and cache, without waiting. `now` is shared by a batch of datagrams.
     pub fn answer_now(
         &self,
         msg: &[u8],
@@ -117,15 +142,28 @@ impl Pipeline {
             }
         };
         let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
-        if let Some(entry) = self.cache.get(&key, now) {
-            if entry.write_answer(msg, &query, now, self.limit(&query, transport), self.edns_udp_size, out) {
-                return Step::Answered {
-                    source: Source::Cache,
-                    rcode: entry.rcode(),
-                };
+        let limit = self.limit(&query, transport);
+        if let Some(authority) = &self.authority {
+            let ask = Ask { msg, query: &query, lname: key.name(), limit, our_udp_size: self.edns_udp_size };
+            match authority.answer(&ask, out) {
+                Outcome::NotOurs => {}
+                Outcome::Answered { rcode } => return Step::Answered { source: Source::Cluster, rcode },
+                Outcome::Alias { target, ttl } => return Step::Miss(query, Route::Alias { target, ttl }),
+                Outcome::NotSynced if self.cluster_fallback.is_some() => {
+                    return Step::Miss(query, Route::ClusterFallback)
+                }
+                Outcome::NotSynced => {
+                    cache::write_empty(msg, &query, query.flags, wire::RCODE_SERVFAIL, false, self.edns_udp_size, out);
+                    return Step::Answered { source: Source::Local, rcode: wire::RCODE_SERVFAIL };
+                }
             }
         }
-        Step::Miss(query)
+        if let Some(entry) = self.cache.get(&key, now) {
+            if entry.write_answer(msg, &query, now, limit, self.edns_udp_size, out) {
+                return Step::Answered { source: Source::Cache, rcode: entry.rcode() };
+            }
+        }
+        Step::Miss(query, Route::Upstream)
     }
 
     /// A permit to enter the miss path, or None when `max_inflight` queries already wait.
@@ -152,17 +190,100 @@ impl Pipeline {
         &self,
         msg: &[u8],
         query: &Query,
+        route: Route,
         transport: Transport,
         _permit: OwnedSemaphorePermit,
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         self.metrics.inflight.inc();
-        let answer = self.resolve_inner(msg, query, transport, out).await;
+        let answer = match route {
+            Route::Upstream => self.resolve_upstream(msg, query, &self.upstreams, transport, out).await,
+            Route::ClusterFallback => {
+                let fallback = self.cluster_fallback.as_ref().unwrap_or(&self.upstreams);
+                self.resolve_upstream(msg, query, fallback, transport, out).await
+            }
+            Route::Alias { target, ttl } => self.resolve_alias(msg, query, &target, ttl, transport, out).await,
+        };
         self.metrics.inflight.dec();
         answer
     }
 
-    async fn resolve_inner(&self, msg: &[u8], query: &Query, transport: Transport, out: &mut Vec<u8>) -> (Source, u8) {
+    /// The CNAME of an ExternalName service, followed by the target's records
+    /// from the cache or the upstream: clients' stub resolvers do not chase
+    /// CNAMEs themselves. The target is cached under its own name, like any
+    /// other; the combined answer is assembled per query.
+    async fn resolve_alias(
+        &self,
+        msg: &[u8],
+        query: &Query,
+        target: &[u8],
+        cname_ttl: u32,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> (Source, u8) {
+        let servfail = |out: &mut Vec<u8>| {
+            cache::write_empty(msg, query, query.flags, wire::RCODE_SERVFAIL, false, self.edns_udp_size, out);
+            (Source::Cluster, wire::RCODE_SERVFAIL)
+        };
+        let Ok(target_name) = Name::from_bytes(target) else { return servfail(out) };
+        let qtype = RecordType::from(query.qtype);
+        let key = Key::new(target, query.qtype, query.qclass, query.dnssec_ok());
+        let entry = match self.cache.get(&key, Instant::now()) {
+            Some(e) => e,
+            None => match self.fetch(&target_name, qtype, query, &key, &self.upstreams).await {
+                Some(e) => e,
+                None => return servfail(out),
+            },
+        };
+        let limit = self.limit(query, transport);
+        match entry.write_behind_cname(msg, query, &target_name, cname_ttl, Instant::now(), limit, self.edns_udp_size, out)
+        {
+            Ok(()) => (Source::Cluster, entry.rcode()),
+            Err(_) => servfail(out),
+        }
+    }
+
+    /// Asks `upstreams` for (`name`, `qtype`) and caches the answer under `key`.
+    /// None when every upstream failed (the failure is cached too, RFC 9520).
+    async fn fetch(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        query: &Query,
+        key: &Key,
+        upstreams: &Upstreams,
+    ) -> Option<Arc<Entry>> {
+        let response = match upstreams.resolve(name, qtype, query.dnssec_ok(), query.checking_disabled()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, %name, ?qtype, "upstream failed");
+                if let Ok(entry) = Entry::failure(name, qtype, FAILURE_TTL, Instant::now()) {
+                    self.cache.insert(key, Arc::new(entry));
+                }
+                return None;
+            }
+        };
+        match Entry::from_response(&response, name, qtype, query.dnssec_ok(), self.cache.limits(), Instant::now()) {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                self.cache.insert(key, entry.clone());
+                Some(entry)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %name, ?qtype, "upstream answer not usable");
+                None
+            }
+        }
+    }
+
+    async fn resolve_upstream(
+        &self,
+        msg: &[u8],
+        query: &Query,
+        upstreams: &Upstreams,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> (Source, u8) {
         let servfail = |out: &mut Vec<u8>| {
             cache::write_empty(
                 msg,
@@ -192,35 +313,11 @@ impl Pipeline {
                 }
             }
         }
-        let response = match self
-            .upstreams
-            .resolve(&name, qtype, query.dnssec_ok(), query.checking_disabled())
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, %name, ?qtype, "upstream failed");
-                if let Ok(entry) = Entry::failure(&name, qtype, FAILURE_TTL, Instant::now()) {
-                    self.cache.insert(&key, Arc::new(entry));
-                }
-                return servfail(out);
+        match self.fetch(&name, qtype, query, &key, upstreams).await {
+            Some(entry) if entry.write_answer(msg, query, Instant::now(), limit, self.edns_udp_size, out) => {
+                (Source::Upstream, entry.rcode())
             }
-        };
-        let now = Instant::now();
-        match Entry::from_response(&response, &name, qtype, query.dnssec_ok(), self.cache.limits(), now) {
-            Ok(entry) => {
-                let entry = Arc::new(entry);
-                self.cache.insert(&key, entry.clone());
-                if entry.write_answer(msg, query, now, limit, self.edns_udp_size, out) {
-                    (Source::Upstream, entry.rcode())
-                } else {
-                    servfail(out)
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, %name, ?qtype, "upstream answer not usable");
-                servfail(out)
-            }
+            _ => servfail(out),
         }
     }
 

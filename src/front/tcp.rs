@@ -129,10 +129,10 @@ async fn connection(
                 pipeline.metrics().drop(Drop::Malformed);
                 continue;
             }
-            Step::Miss(query) => match pipeline.admit() {
+            Step::Miss(query, route) => match pipeline.admit() {
                 Some(permit) => {
                     pipeline
-                        .resolve_miss(&msg, &query, Transport::Tcp, permit, &mut out)
+                        .resolve_miss(&msg, &query, route, Transport::Tcp, permit, &mut out)
                         .await
                 }
                 None => {

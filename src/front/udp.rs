@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::metrics::{Drop, Source, WorkerMetrics};
-use crate::pipeline::{Pipeline, Step, Transport};
+use crate::pipeline::{Pipeline, Route, Step, Transport};
 
 /// Datagrams per `recvmmsg`/`sendmmsg`.
 const BATCH: usize = 32;
@@ -234,7 +234,7 @@ impl Worker {
                     b.tags[k] = (source, rcode);
                     k += 1;
                 }
-                Step::Miss(query) => self.spawn_miss(msg, src, query, now, out),
+                Step::Miss(query, route) => self.spawn_miss(msg, (src, now), query, route, out),
                 Step::Drop => self.metrics.drop(Drop::Malformed),
             }
         }
@@ -261,9 +261,9 @@ impl Worker {
     fn spawn_miss(
         &mut self,
         msg: &[u8],
-        src: SocketAddr,
+        (src, started): (SocketAddr, Instant),
         query: crate::wire::Query,
-        started: Instant,
+        route: Route,
         out: &mut Vec<u8>,
     ) {
         let pipeline = &self.pipeline;
@@ -281,7 +281,7 @@ impl Worker {
         self.runtime.spawn(async move {
             let mut out = Vec::with_capacity(512);
             let (source, rcode) = pipeline
-                .resolve_miss(&msg, &query, Transport::Udp, permit, &mut out)
+                .resolve_miss(&msg, &query, route, Transport::Udp, permit, &mut out)
                 .await;
             if !send_to(&socket, &out, src) {
                 pipeline.metrics().drop(Drop::SendFailed);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecodable;
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
@@ -87,6 +88,11 @@ impl Key {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    /// The question name, lowercased, in wire format.
+    pub fn name(&self) -> &[u8] {
+        &self.buf[..self.len - 5]
     }
 }
 
@@ -272,6 +278,44 @@ impl Entry {
             true,
             true,
         )
+    }
+
+    /// Writes `query`'s answer as `CNAME target` followed by this entry's
+    /// records (the answer for the target): how an ExternalName service is
+    /// answered. Rebuilt through hickory, so only on the miss path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_behind_cname(
+        &self,
+        msg: &[u8],
+        query: &Query,
+        target: &Name,
+        cname_ttl: u32,
+        now: Instant,
+        limit: usize,
+        our_udp_size: u16,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EntryError> {
+        let stored = Message::from_vec(&self.wire).map_err(|_| EntryError::Malformed)?;
+        let qname = Name::from_bytes(query.qname(msg)).map_err(|_| EntryError::Malformed)?;
+        let elapsed = self.elapsed(now);
+        let decay = |mut r: Record| {
+            r.ttl = r.ttl.min(self.ttl).saturating_sub(elapsed);
+            r
+        };
+        let mut m = Message::new(query.id, MessageType::Response, OpCode::Query);
+        m.metadata.recursion_available = true;
+        m.metadata.response_code = stored.metadata.response_code;
+        m.add_query(HQuery::query(qname.clone(), RecordType::from(query.qtype)));
+        let cname = Record::from_rdata(qname, cname_ttl, RData::CNAME(hickory_proto::rr::rdata::CNAME(target.clone())));
+        m.add_answer(cname);
+        m.add_answers(stored.answers.into_iter().map(decay));
+        m.add_authorities(stored.authorities.into_iter().map(decay));
+        let wire = m.to_vec()?;
+        let entry = Entry::from_wire(wire, self.rcode, false, now, u32::MAX, self.negative, false)?;
+        if !entry.write_answer(msg, query, now, limit, our_udp_size, out) {
+            return Err(EntryError::Malformed);
+        }
+        Ok(())
     }
 
     /// True while the entry may be served as fresh at `now`.
