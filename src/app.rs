@@ -17,11 +17,12 @@ use crate::admin::{AdminError, AdminServer, Readiness};
 use crate::cluster::authority::{Authority, ZoneSettings};
 use crate::cluster::index::{new_index, IndexWriter};
 use crate::config::{ClusterConfig, Config, ConfigError, PodsMode, SourceKind};
-use crate::cluster::source::static_file;
+use crate::cluster::source::{kubernetes, static_file};
 use crate::metrics::ClusterMetrics;
 use crate::front::{tcp, udp};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Stages};
+use crate::stage::shortcut::SearchPath;
 use crate::stage::cache::{Cache, TtlLimits};
 use crate::stage::guard::Acl;
 use crate::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};
@@ -126,7 +127,20 @@ impl App {
                 UpstreamMetrics { requests: metrics.upstream_requests.clone() },
             )
         });
-        let stages = Stages { acl: Acl::new(config.allow.clone()), authority, cache, upstreams, cluster_fallback };
+        let search = SearchPath::new(
+            config.search.shortcut,
+            config.search.ndots,
+            &config.cluster.domain,
+            &config.search_domains(),
+        );
+        let stages = Stages {
+            acl: Acl::new(config.allow.clone()),
+            authority,
+            cache,
+            upstreams,
+            cluster_fallback,
+            search: Some(search),
+        };
         let pipeline = Arc::new(Pipeline::new(stages, metrics, config.edns_udp_size, config.max_inflight));
         Ok(App { config, pipeline, udp: udp_sockets, tcp: tcp_listeners, dns_addrs, admin, readiness, cluster })
     }
@@ -173,6 +187,7 @@ impl App {
             )));
         }
         let gauges = tokio::spawn(publish_cache_gauges(self.pipeline.clone(), shutdown_rx.clone()));
+        self.pipeline.start_background();
         let mut source = None;
         match (self.cluster, self.pipeline.authority()) {
             (Some(writer), Some(authority)) => {
@@ -260,10 +275,10 @@ async fn run_source(
             let path = config.static_file.unwrap_or_default();
             static_file::run(path, writer, metrics, config.static_poll_interval, shutdown).await;
         }
-        SourceKind::Kubernetes => {
-            tracing::error!("cluster source kubernetes is not built yet");
-            let _ = shutdown;
-        }
+        SourceKind::Kubernetes => match kubernetes::client(config.kubeconfig.as_deref()).await {
+            Ok(client) => kubernetes::run(client, writer, metrics, shutdown).await,
+            Err(e) => tracing::error!(error = %e, "cluster source kubernetes cannot start; cluster names get SERVFAIL"),
+        },
     }
 }
 

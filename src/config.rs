@@ -60,6 +60,31 @@ pub struct Config {
     pub cache: CacheConfig,
     pub upstream: UpstreamConfig,
     pub cluster: ClusterConfig,
+    pub search: SearchConfig,
+}
+
+/// The search-path shortcut (DESIGN §3).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub shortcut: crate::stage::shortcut::Mode,
+    /// Pods' `ndots` (Kubernetes sets 5): names with fewer dots get the search list.
+    pub ndots: u8,
+    /// The node's search domains (H in DESIGN §3); empty means the `search` line of `upstream.resolv_conf`.
+    pub domains: Vec<String>,
+    /// Search domains some pods add with `dnsConfig.searches`, walked after `domains`.
+    pub extra_domains: Vec<String>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            shortcut: crate::stage::shortcut::Mode::Cname,
+            ndots: 5,
+            domains: Vec::new(),
+            extra_domains: Vec::new(),
+        }
+    }
 }
 
 /// Where the cluster index comes from (DESIGN §4).
@@ -181,6 +206,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             upstream: UpstreamConfig::default(),
             cluster: ClusterConfig::default(),
+            search: SearchConfig::default(),
         }
     }
 }
@@ -342,6 +368,15 @@ impl Config {
                 return Err(invalid(key, ttl, "must be at most 86400"));
             }
         }
+        if !(1..=15).contains(&self.search.ndots) {
+            return Err(invalid("search.ndots", self.search.ndots, "must be between 1 and 15 (resolv.conf's range)"));
+        }
+        for d in self.search.domains.iter().chain(&self.search.extra_domains) {
+            let ok = d.len() <= 200 && d.trim_end_matches('.').split('.').all(|l| !l.is_empty() && l.len() <= 63);
+            if !ok {
+                return Err(invalid("search.domains", d, "must be DNS names such as corp.example"));
+            }
+        }
         for s in &self.upstream.servers {
             if s.port() == 0 || s.ip().is_unspecified() {
                 return Err(invalid("upstream.servers", s, "needs a concrete address and port"));
@@ -377,6 +412,18 @@ impl Config {
         Ok(servers)
     }
 
+    /// The host search domains the shortcut walks (H, then the extras): the
+    /// configured ones, or the last `search`/`domain` line of resolv.conf.
+    pub fn search_domains(&self) -> Vec<String> {
+        let mut hosts = if self.search.domains.is_empty() {
+            std::fs::read_to_string(&self.upstream.resolv_conf).map(|t| resolv_conf_search(&t)).unwrap_or_default()
+        } else {
+            self.search.domains.clone()
+        };
+        hosts.extend(self.search.extra_domains.iter().cloned());
+        hosts
+    }
+
     /// Worker threads per listen address.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -384,6 +431,19 @@ impl Config {
             n => n,
         }
     }
+}
+
+/// The search list of a resolv.conf: the last `search` or `domain` line wins (resolv.conf(5)).
+pub fn resolv_conf_search(text: &str) -> Vec<String> {
+    let mut list = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("search") | Some("domain") => list = words.map(str::to_string).collect(),
+            _ => {}
+        }
+    }
+    list
 }
 
 /// The `nameserver` lines of a resolv.conf (resolv.conf(5)); zone indices
@@ -444,6 +504,8 @@ mod tests {
             vec!["192.0.2.1:53".parse().unwrap(), "[::1]:5300".parse().unwrap()]
         );
         let text = "# c\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver junk\n";
+        assert_eq!(resolv_conf_search(text), vec!["a.b".to_string()]);
+        assert_eq!(resolv_conf_search("domain x.y\nsearch c.d e.f\n"), vec!["c.d".to_string(), "e.f".to_string()]);
         assert_eq!(
             resolv_conf_nameservers(text),
             vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]

@@ -45,6 +45,28 @@ struct ServeArgs {
     /// Admin HTTP address for /metrics, /healthz, /readyz (replaces `admin`).
     #[arg(long, env = "NODENS_ADMIN", value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Serve the cluster zone from a `kubectl get svc,endpointslices -A -o yaml` dump (sets cluster.source = "static").
+    #[arg(long, env = "NODENS_CLUSTER_STATE", value_name = "FILE")]
+    cluster_state: Option<PathBuf>,
+    /// Search-path shortcut: off, nxdomain or cname (replaces `search.shortcut`).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    shortcut: Option<nodens::stage::shortcut::Mode>,
+    /// A host search domain walked by the shortcut (repeatable; replaces `search.domains`).
+    #[arg(long = "search-domain", value_name = "DOMAIN")]
+    search_domain: Vec<String>,
+    /// Pods' ndots (replaces `search.ndots`).
+    #[arg(long, value_name = "N")]
+    ndots: Option<u8>,
+}
+
+fn parse_mode(s: &str) -> Result<nodens::stage::shortcut::Mode, String> {
+    use nodens::stage::shortcut::Mode;
+    match s {
+        "off" => Ok(Mode::Off),
+        "nxdomain" => Ok(Mode::Nxdomain),
+        "cname" => Ok(Mode::Cname),
+        _ => Err(format!("{s:?} is not a shortcut mode; use off, nxdomain or cname")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +87,19 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(admin) = args.admin {
         config.admin = admin;
+    }
+    if let Some(path) = args.cluster_state {
+        config.cluster.source = nodens::config::SourceKind::Static;
+        config.cluster.static_file = Some(path);
+    }
+    if let Some(mode) = args.shortcut {
+        config.search.shortcut = mode;
+    }
+    if !args.search_domain.is_empty() {
+        config.search.domains = args.search_domain;
+    }
+    if let Some(ndots) = args.ndots {
+        config.search.ndots = ndots;
     }
     config.validate()?;
 

@@ -40,8 +40,10 @@ pub enum Source {
     Local = 2,
     /// Answered by the cluster zone's authority from the index.
     Cluster = 3,
+    /// A search-path walk answered with a CNAME (DESIGN §3).
+    Shortcut = 4,
 }
-const SOURCES: [&str; 4] = ["cache", "upstream", "local", "cluster"];
+const SOURCES: [&str; 5] = ["cache", "upstream", "local", "cluster", "shortcut"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -145,6 +147,10 @@ pub struct Metrics {
     pub tcp_connections: IntGauge,
     pub inflight: IntGauge,
     pub cluster: ClusterMetrics,
+    /// Search-path walks by outcome: where the name was found, or not_found.
+    shortcuts: IntCounterVec,
+    /// Bare names warmed in the background (`shortcut = "nxdomain"`).
+    pub warms: IntCounter,
 }
 
 impl Metrics {
@@ -199,6 +205,13 @@ impl Metrics {
         registry.register(Box::new(tcp_connections.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         let cluster = ClusterMetrics::new(&registry)?;
+        let shortcuts = IntCounterVec::new(
+            Opts::new("nodens_shortcut_walks_total", "Search-path walks by outcome (where the name was found)"),
+            &["outcome"],
+        )?;
+        let warms = IntCounter::new("nodens_shortcut_warms_total", "Bare names looked up ahead of the client")?;
+        registry.register(Box::new(shortcuts.clone()))?;
+        registry.register(Box::new(warms.clone()))?;
 
         let qtype_names = QTYPES.iter().map(|(_, n)| *n).chain(["other"]);
         let requests = PROTOS
@@ -223,6 +236,8 @@ impl Metrics {
             tcp_connections,
             inflight,
             cluster,
+            shortcuts,
+            warms,
         })
     }
 
@@ -237,6 +252,11 @@ impl Metrics {
 
     pub fn drop(&self, why: Drop) {
         self.drops[why as usize].inc();
+    }
+
+    /// Counts a search-path walk; `outcome` is one of cluster, host_domain, bare_name, not_found.
+    pub fn shortcut(&self, outcome: &str) {
+        self.shortcuts.with_label_values(&[outcome]).inc();
     }
 
     /// Local copies for one UDP worker thread.

@@ -17,11 +17,23 @@ use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::authority::{Ask, Authority, Outcome};
+use crate::stage::shortcut::{Mode, SearchPath, Walk};
 use crate::metrics::{Metrics, Source};
 use crate::stage::cache::{self, Cache, Entry, Key};
 use crate::stage::guard::{self, Acl, Verdict};
 use crate::stage::upstream::Upstreams;
 use crate::wire::{self, Query};
+
+mod walk;
+
+/// A bare name to resolve ahead of the client.
+#[derive(Debug)]
+struct WarmRequest {
+    name: Box<[u8]>,
+    qtype: u16,
+    /// The client's query, for its class and DNSSEC bits.
+    query: Query,
+}
 
 /// Seconds a resolution failure is cached (RFC 9520 §3.2: at least 1).
 const FAILURE_TTL: u32 = 1;
@@ -49,6 +61,8 @@ pub enum Route {
     ClusterFallback,
     /// An ExternalName service: CNAME to `target` plus the target's records.
     Alias { target: Box<[u8]>, ttl: u32 },
+    /// The first query of a search-list walk the cache could not finish (`shortcut = "cname"`).
+    Walk(Walk),
 }
 
 /// The stages a pipeline is built from.
@@ -60,6 +74,8 @@ pub struct Stages {
     pub upstreams: Upstreams,
     /// Where cluster-zone queries go before the index first syncs.
     pub cluster_fallback: Option<Upstreams>,
+    /// The search-path shortcut; needs the cluster zone to know what is a cluster name.
+    pub search: Option<SearchPath>,
 }
 
 /// The transport a query came over decides the answer size limit.
@@ -75,6 +91,9 @@ pub struct Pipeline {
     cache: Cache,
     upstreams: Upstreams,
     cluster_fallback: Option<Upstreams>,
+    search: Option<SearchPath>,
+    /// Bare names to look up ahead of the client (`shortcut = "nxdomain"`), set by `start_background`.
+    warm: std::sync::OnceLock<tokio::sync::mpsc::Sender<WarmRequest>>,
     metrics: Metrics,
     edns_udp_size: u16,
     /// Admission control for the miss path: one permit per query waiting on an upstream.
@@ -84,13 +103,16 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(stages: Stages, metrics: Metrics, edns_udp_size: u16, max_inflight: usize) -> Pipeline {
-        let Stages { acl, authority, cache, upstreams, cluster_fallback } = stages;
+        let Stages { acl, authority, cache, upstreams, cluster_fallback, search } = stages;
+        let search = search.filter(|s| authority.is_some() && s.mode != Mode::Off);
         Pipeline {
             acl,
             authority,
             cache,
             upstreams,
             cluster_fallback,
+            search,
+            warm: std::sync::OnceLock::new(),
             metrics,
             edns_udp_size,
             inflight: Arc::new(Semaphore::new(max_inflight)),
@@ -147,6 +169,9 @@ impl Pipeline {
             let ask = Ask { msg, query: &query, lname: key.name(), limit, our_udp_size: self.edns_udp_size };
             match authority.answer(&ask, out) {
                 Outcome::NotOurs => {}
+                Outcome::Answered { rcode: wire::RCODE_NXDOMAIN } => {
+                    return self.after_cluster_nxdomain(msg, query, &key, now, transport, out)
+                }
                 Outcome::Answered { rcode } => return Step::Answered { source: Source::Cluster, rcode },
                 Outcome::Alias { target, ttl } => return Step::Miss(query, Route::Alias { target, ttl }),
                 Outcome::NotSynced if self.cluster_fallback.is_some() => {
@@ -164,6 +189,96 @@ impl Pipeline {
             }
         }
         Step::Miss(query, Route::Upstream)
+    }
+
+    /// A cluster NXDOMAIN is in `out`. If it is the first query of a
+    /// search-list walk, the shortcut takes over (DESIGN §3).
+    fn after_cluster_nxdomain(
+        &self,
+        msg: &[u8],
+        query: Query,
+        key: &Key,
+        now: Instant,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        let nxdomain = Step::Answered { source: Source::Cluster, rcode: wire::RCODE_NXDOMAIN };
+        let Some(search) = &self.search else { return nxdomain };
+        let Some(walk) = search.first_query(key.name()) else { return nxdomain };
+        match search.mode {
+            Mode::Off => nxdomain,
+            Mode::Nxdomain => {
+                self.warm_bare(search.bare(key.name(), walk).name(), &query, now);
+                nxdomain
+            }
+            Mode::Cname => {
+                // Keep the NXDOMAIN: the walk writes over it only when it finds a name.
+                match self.walk_now(msg, &query, walk, now, transport, out) {
+                    walk::WalkEnd::Answered { rcode } => Step::Answered { source: Source::Shortcut, rcode },
+                    walk::WalkEnd::NotFound => {
+                        self.cluster_answer(msg, &query, transport, out);
+                        nxdomain
+                    }
+                    walk::WalkEnd::NeedFetch => Step::Miss(query, Route::Walk(walk)),
+                }
+            }
+        }
+    }
+
+    /// Writes the cluster authority's own answer for `query` into `out`.
+    fn cluster_answer(&self, msg: &[u8], query: &Query, transport: Transport, out: &mut Vec<u8>) -> (Source, u8) {
+        let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
+        let ask = Ask { msg, query, lname: key.name(), limit: self.limit(query, transport), our_udp_size: self.edns_udp_size };
+        match self.authority.as_ref().map(|a| a.answer(&ask, out)) {
+            Some(Outcome::Answered { rcode }) => (Source::Cluster, rcode),
+            _ => {
+                cache::write_empty(msg, query, query.flags, wire::RCODE_SERVFAIL, false, self.edns_udp_size, out);
+                (Source::Cluster, wire::RCODE_SERVFAIL)
+            }
+        }
+    }
+
+    /// Asks for the bare name `P.` in the background unless it is cached, so
+    /// it is warm when the client's own walk gets there (`shortcut = "nxdomain"`).
+    fn warm_bare(&self, name: &[u8], query: &Query, now: Instant) {
+        let key = Key::new(name, query.qtype, query.qclass, query.dnssec_ok());
+        if self.cache.get(&key, now).is_some() {
+            return;
+        }
+        if let Some(tx) = self.warm.get() {
+            // Never wait on the hit path: a full queue drops the warm, the client asks anyway.
+            let request = WarmRequest { name: name.into(), qtype: query.qtype, query: *query };
+            if tx.try_send(request).is_ok() {
+                self.metrics.warms.inc();
+            }
+        }
+    }
+
+    /// Starts the background task that warms bare names. Call once, on the runtime.
+    pub fn start_background(self: &Arc<Self>) {
+        const QUEUE: usize = 1024;
+        const CONCURRENT: usize = 32;
+        if self.search.as_ref().map(|s| s.mode) != Some(Mode::Nxdomain) {
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<WarmRequest>(QUEUE);
+        if self.warm.set(tx).is_err() {
+            return;
+        }
+        let pipeline = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(CONCURRENT));
+            while let Some(req) = rx.recv().await {
+                let Some(p) = pipeline.upgrade() else { return };
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                tokio::spawn(async move {
+                    let Ok(name) = Name::from_bytes(&req.name) else { return };
+                    let key = Key::new(&req.name, req.qtype, req.query.qclass, req.query.dnssec_ok());
+                    p.fetch(&name, RecordType::from(req.qtype), &req.query, &key, &p.upstreams).await;
+                    drop(permit);
+                });
+            }
+        });
     }
 
     /// A permit to enter the miss path, or None when `max_inflight` queries already wait.
@@ -203,6 +318,7 @@ impl Pipeline {
                 self.resolve_upstream(msg, query, fallback, transport, out).await
             }
             Route::Alias { target, ttl } => self.resolve_alias(msg, query, &target, ttl, transport, out).await,
+            Route::Walk(walk) => self.resolve_walk(msg, query, walk, transport, out).await,
         };
         self.metrics.inflight.dec();
         answer

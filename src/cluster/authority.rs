@@ -203,6 +203,11 @@ impl Authority {
         &self.index
     }
 
+    /// How long clients may cache this zone's negative answers.
+    pub fn negative_ttl(&self) -> u32 {
+        self.settings.negative_ttl
+    }
+
     /// Answers `query` if it is ours. `lname` is the question name lowercased.
     pub fn answer(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Outcome {
         let Some(labels) = Labels::of(ask.lname) else { return Outcome::NotOurs };

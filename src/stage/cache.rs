@@ -318,6 +318,17 @@ impl Entry {
         Ok(())
     }
 
+    /// Wraps a complete answer message (an authority's answer for another
+    /// name) so it can be written behind a CNAME; its TTLs are taken as they are.
+    pub fn transient(wire: Vec<u8>, rcode: u8, now: Instant) -> Result<Entry, EntryError> {
+        Entry::from_wire(wire, rcode, false, now, u32::MAX, false, false)
+    }
+
+    /// Seconds left before the entry expires.
+    pub fn remaining(&self, now: Instant) -> u32 {
+        self.ttl.saturating_sub(self.elapsed(now))
+    }
+
     /// True while the entry may be served as fresh at `now`.
     pub fn is_fresh(&self, now: Instant) -> bool {
         self.elapsed(now) < self.ttl

@@ -3,4 +3,5 @@
 
 pub mod cache;
 pub mod guard;
+pub mod shortcut;
 pub mod upstream;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cache;
+mod cluster_watch;
 mod config;
 mod guard;
 mod smoke;
