@@ -52,14 +52,15 @@ fn pipeline() -> Pipeline {
         let pq = nodens::wire::parse_query(&q).unwrap();
         cache.insert(&Key::new(pq.qname(&q), pq.qtype, pq.qclass, false), Arc::new(entry));
     }
-    Pipeline::new(
-        Acl::new(vec!["127.0.0.0/8".parse().unwrap()]),
+    let stages = Stages {
+        acl: Acl::new(vec!["127.0.0.0/8".parse().unwrap()]),
+        authority: None,
         cache,
         upstreams,
-        metrics,
-        1232,
-        64,
-    )
+        cluster_fallback: None,
+        search: None,
+    };
+    Pipeline::new(stages, metrics, 1232, 64)
 }
 
 fn query(i: usize, edns: bool) -> Vec<u8> {
