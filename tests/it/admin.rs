@@ -67,7 +67,12 @@ async fn probes_answer_once_started() {
     let nodens = Nodens::with_upstreams(&[upstream.addr()]).await;
     let (status, body) = http_get(nodens.admin, "/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
-    // App::spawn sets ready before Nodens::start returns: no polling needed.
+    // Readiness is a latch set once listeners are bound (and the index synced, when there is one).
+    let ready = eventually(Duration::from_secs(5), || async {
+        http_get(nodens.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready, "/readyz never turned 200");
     let (status, body) = http_get(nodens.admin, "/readyz").await;
     assert_eq!((status, body.trim()), (200, "ready"));
     let (status, _) = http_get(nodens.admin, "/nope").await;

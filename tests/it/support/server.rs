@@ -9,7 +9,8 @@ use nodens::app::{App, Running};
 use nodens::config::Config;
 
 /// A config for tests: loopback listener and admin on port 0, one worker,
-/// short upstream timeout, the given upstreams (never the machine's resolv.conf).
+/// short upstream timeout, the given upstreams (never the machine's
+/// resolv.conf), no cluster source.
 pub fn config(upstreams: &[SocketAddr]) -> Config {
     let mut c = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
@@ -20,6 +21,8 @@ pub fn config(upstreams: &[SocketAddr]) -> Config {
     };
     c.upstream.servers = upstreams.to_vec();
     c.upstream.timeout = Duration::from_millis(300);
+    // Tests of the cluster zone set their own source; the rest test without one.
+    c.cluster.source = nodens::config::SourceKind::None;
     c
 }
 
