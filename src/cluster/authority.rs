@@ -92,7 +92,9 @@ pub struct Authority {
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("domain", &self.settings.domain).finish()
+        f.debug_struct("Authority")
+            .field("domain", &self.settings.domain)
+            .finish()
     }
 }
 
@@ -105,7 +107,10 @@ struct Labels {
 
 impl Labels {
     fn of(name: &[u8]) -> Option<Labels> {
-        let mut l = Labels { starts: [0; MAX_LABELS], count: 0 };
+        let mut l = Labels {
+            starts: [0; MAX_LABELS],
+            count: 0,
+        };
         let mut at = 0usize;
         loop {
             let len = *name.get(at)? as usize;
@@ -196,7 +201,11 @@ impl Authority {
             zone.extend(l.bytes().map(|b| b.to_ascii_lowercase()));
         }
         zone.push(0);
-        Authority { zone: zone.into(), index, settings }
+        Authority {
+            zone: zone.into(),
+            index,
+            settings,
+        }
     }
 
     pub fn index(&self) -> &IndexHandle {
@@ -210,7 +219,9 @@ impl Authority {
 
     /// Answers `query` if it is ours. `lname` is the question name lowercased.
     pub fn answer(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Outcome {
-        let Some(labels) = Labels::of(ask.lname) else { return Outcome::NotOurs };
+        let Some(labels) = Labels::of(ask.lname) else {
+            return Outcome::NotOurs;
+        };
         if ask.lname.ends_with(&self.zone) {
             if !self.index.is_synced() {
                 return Outcome::NotSynced;
@@ -222,7 +233,14 @@ impl Authority {
         self.reverse_answer(ask, &labels, out)
     }
 
-    fn zone_answer(&self, ask: &Ask<'_>, labels: &Labels, zone_at: usize, snap: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+    fn zone_answer(
+        &self,
+        ask: &Ask<'_>,
+        labels: &Labels,
+        zone_at: usize,
+        snap: &Snapshot,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let (q, lname) = (ask.query, ask.lname);
         // Relative labels: those before the zone apex.
         let rel = (0..labels.count).take_while(|&i| labels.start(i) < zone_at).count();
@@ -315,7 +333,11 @@ impl Authority {
                 if eps.is_empty() {
                     return Ok(wire::RCODE_NXDOMAIN);
                 }
-                for ip in eps.iter().flat_map(|e| e.ips.iter()).filter(|ip| family_type(ip) == q.qtype) {
+                for ip in eps
+                    .iter()
+                    .flat_map(|e| e.ips.iter())
+                    .filter(|ip| family_type(ip) == q.qtype)
+                {
                     a.address(qname_at, *ip, s.endpoint_ttl, ANSWER);
                 }
                 Ok(wire::RCODE_NOERROR)
@@ -327,7 +349,10 @@ impl Authority {
                     a.finish(at, ANSWER);
                     Ok(wire::RCODE_NOERROR)
                 } else {
-                    Err(Outcome::Alias { target: target.clone(), ttl: s.service_ttl })
+                    Err(Outcome::Alias {
+                        target: target.clone(),
+                        ttl: s.service_ttl,
+                    })
                 }
             }
             (1, RecordKind::Headless(eps)) => {
@@ -351,7 +376,11 @@ impl Authority {
             }
             (2, _) => {
                 let (port_l, proto_l) = (labels.get(lname, 0), labels.get(lname, 1));
-                let Some(port) = records.ports.iter().find(|p| &*p.name == port_l && &*p.proto == proto_l) else {
+                let Some(port) = records
+                    .ports
+                    .iter()
+                    .find(|p| &*p.name == port_l && &*p.proto == proto_l)
+                else {
                     return Ok(wire::RCODE_NXDOMAIN);
                 };
                 if q.qtype != TYPE_SRV {
@@ -405,7 +434,9 @@ impl Authority {
 
     fn reverse_answer(&self, ask: &Ask<'_>, labels: &Labels, out: &mut Vec<u8>) -> Outcome {
         let (q, lname) = (ask.query, ask.lname);
-        let Some(ip) = parse_reverse(lname, labels) else { return Outcome::NotOurs };
+        let Some(ip) = parse_reverse(lname, labels) else {
+            return Outcome::NotOurs;
+        };
         let claimed = self.settings.reverse_cidrs.iter().find(|n| n.contains(&ip));
         let snap = self.index.load();
         let targets = snap.ptr.get(&ip);
@@ -430,7 +461,11 @@ impl Authority {
             Some(_) if q.qtype != TYPE_PTR => wire::RCODE_NOERROR,
             Some(list) => {
                 for t in list.iter() {
-                    let ttl = if t.headless { self.settings.endpoint_ttl } else { self.settings.service_ttl };
+                    let ttl = if t.headless {
+                        self.settings.endpoint_ttl
+                    } else {
+                        self.settings.service_ttl
+                    };
                     let at = a.start(wire::HEADER_LEN, TYPE_PTR, ttl);
                     a.out.extend_from_slice(&t.endpoint);
                     a.out.extend_from_slice(&t.service);

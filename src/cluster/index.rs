@@ -172,7 +172,11 @@ pub fn dashed(ip: IpAddr) -> String {
 fn srv_ports(ports: &[Port]) -> Vec<SrvPort> {
     ports
         .iter()
-        .map(|p| SrvPort { name: label(&format!("_{}", p.name)), proto: label(p.protocol.label()), port: p.port })
+        .map(|p| SrvPort {
+            name: label(&format!("_{}", p.name)),
+            proto: label(p.protocol.label()),
+            port: p.port,
+        })
         .collect()
 }
 
@@ -306,8 +310,8 @@ impl IndexWriter {
         }
         let ns = label(&key.0);
         let count = self.snapshot.namespaces.get(&ns).copied().unwrap_or(0);
-        let count = count + self.snapshot.services.contains_key(&service_labels(&key.0, &key.1)) as u32
-            - old.is_some() as u32;
+        let count =
+            count + self.snapshot.services.contains_key(&service_labels(&key.0, &key.1)) as u32 - old.is_some() as u32;
         if count == 0 {
             self.snapshot.namespaces.remove(&ns);
         } else {
@@ -325,16 +329,20 @@ impl IndexWriter {
             .filter_map(|name| self.slices.get(&(svc.namespace.clone(), name.clone())))
             .collect();
         match &svc.kind {
-            ServiceKind::ClusterIp(ips) => {
-                ServiceRecords { kind: RecordKind::ClusterIp(ips.clone()), ports: srv_ports(&svc.ports).into() }
-            }
+            ServiceKind::ClusterIp(ips) => ServiceRecords {
+                kind: RecordKind::ClusterIp(ips.clone()),
+                ports: srv_ports(&svc.ports).into(),
+            },
             ServiceKind::ExternalName(target) => {
                 let mut wire = Vec::with_capacity(target.len() + 2);
                 for l in target.split('.').filter(|l| !l.is_empty()) {
                     push_label(&mut wire, l);
                 }
                 wire.push(0);
-                ServiceRecords { kind: RecordKind::ExternalName(wire.into()), ports: Box::new([]) }
+                ServiceRecords {
+                    kind: RecordKind::ExternalName(wire.into()),
+                    ports: Box::new([]),
+                }
             }
             ServiceKind::Headless => {
                 let mut seen = HashSet::new();
@@ -375,9 +383,16 @@ impl IndexWriter {
                 }
                 let endpoints = endpoints
                     .into_iter()
-                    .map(|(label, ips, has_hostname)| EndpointRecord { ips: ips.into(), label, has_hostname })
+                    .map(|(label, ips, has_hostname)| EndpointRecord {
+                        ips: ips.into(),
+                        label,
+                        has_hostname,
+                    })
                     .collect();
-                ServiceRecords { kind: RecordKind::Headless(endpoints), ports: ports.into() }
+                ServiceRecords {
+                    kind: RecordKind::Headless(endpoints),
+                    ports: ports.into(),
+                }
             }
         }
     }
@@ -386,13 +401,29 @@ impl IndexWriter {
         match &records.kind {
             RecordKind::ClusterIp(ips) => ips
                 .iter()
-                .map(|&ip| (ip, PtrTarget { service: labels.clone(), endpoint: Box::new([]), headless: false }))
+                .map(|&ip| {
+                    (
+                        ip,
+                        PtrTarget {
+                            service: labels.clone(),
+                            endpoint: Box::new([]),
+                            headless: false,
+                        },
+                    )
+                })
                 .collect(),
             RecordKind::Headless(eps) => eps
                 .iter()
                 .flat_map(|e| {
                     e.ips.iter().map(|&ip| {
-                        (ip, PtrTarget { service: labels.clone(), endpoint: e.label.clone(), headless: true })
+                        (
+                            ip,
+                            PtrTarget {
+                                service: labels.clone(),
+                                endpoint: e.label.clone(),
+                                headless: true,
+                            },
+                        )
                     })
                 })
                 .collect(),
@@ -416,7 +447,9 @@ impl IndexWriter {
             self.snapshot.endpoint_count -= eps.iter().map(|e| e.ips.len()).sum::<usize>();
         }
         for (ip, target) in Self::ptr_targets(labels, records) {
-            let Some(list) = self.snapshot.ptr.get(&ip) else { continue };
+            let Some(list) = self.snapshot.ptr.get(&ip) else {
+                continue;
+            };
             let rest: Vec<PtrTarget> = list.iter().filter(|t| **t != target).cloned().collect();
             if rest.is_empty() {
                 self.snapshot.ptr.remove(&ip);
@@ -442,7 +475,12 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             kind,
-            ports: vec![Port { name: "http".into(), protocol: Protocol::Tcp, port: 80 }].into(),
+            ports: vec![Port {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+            }]
+            .into(),
             publish_not_ready: false,
         }
     }
@@ -452,7 +490,12 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             service: service.into(),
-            ports: vec![Port { name: "pg".into(), protocol: Protocol::Tcp, port: 5432 }].into(),
+            ports: vec![Port {
+                name: "pg".into(),
+                protocol: Protocol::Tcp,
+                port: 5432,
+            }]
+            .into(),
             endpoints: eps
                 .iter()
                 .map(|(ip, host, ready)| Endpoint {
@@ -470,24 +513,43 @@ mod tests {
         let (mut w, h) = new_index();
         w.apply_batch([
             Change::UpsertService(svc("shop", "db", ServiceKind::Headless)),
-            Change::UpsertSlice(slice("shop", "db-a", "db", &[("10.1.0.1", Some("db-0"), true), ("10.1.0.2", None, false)])),
-            Change::UpsertSlice(slice("shop", "db-b", "db", &[("10.1.0.1", Some("db-0"), true), ("10.1.0.3", None, true)])),
+            Change::UpsertSlice(slice(
+                "shop",
+                "db-a",
+                "db",
+                &[("10.1.0.1", Some("db-0"), true), ("10.1.0.2", None, false)],
+            )),
+            Change::UpsertSlice(slice(
+                "shop",
+                "db-b",
+                "db",
+                &[("10.1.0.1", Some("db-0"), true), ("10.1.0.3", None, true)],
+            )),
         ]);
         let snap = h.load();
         let db = snap.services.get(&service_labels("shop", "db")).unwrap();
         let RecordKind::Headless(eps) = &db.kind else { panic!() };
-        assert_eq!(eps.iter().map(|e| e.ips[0].to_string()).collect::<Vec<_>>(), ["10.1.0.1", "10.1.0.3"]);
+        assert_eq!(
+            eps.iter().map(|e| e.ips[0].to_string()).collect::<Vec<_>>(),
+            ["10.1.0.1", "10.1.0.3"]
+        );
         assert_eq!(&*eps[1].label, b"\x0810-1-0-3");
         assert_eq!(snap.namespaces.get(&label("shop")[..]), Some(&1));
         assert_eq!(snap.ptr.get(&"10.1.0.3".parse::<IpAddr>().unwrap()).unwrap().len(), 1);
         assert_eq!(snap.endpoint_count, 2);
 
-        w.apply(Change::DeleteSlice { namespace: "shop".into(), name: "db-b".into() });
+        w.apply(Change::DeleteSlice {
+            namespace: "shop".into(),
+            name: "db-b".into(),
+        });
         let snap = h.load();
         assert!(!snap.ptr.contains_key(&"10.1.0.3".parse::<IpAddr>().unwrap()));
         assert_eq!(snap.endpoint_count, 1);
 
-        w.apply(Change::DeleteService { namespace: "shop".into(), name: "db".into() });
+        w.apply(Change::DeleteService {
+            namespace: "shop".into(),
+            name: "db".into(),
+        });
         let snap = h.load();
         assert!(snap.services.is_empty() && snap.namespaces.is_empty() && snap.ptr.is_empty());
         assert_eq!(snap.endpoint_count, 0);
@@ -497,7 +559,10 @@ mod tests {
     fn replace_all_keeps_names_that_stay() {
         let (mut w, h) = new_index();
         let ip = ServiceKind::ClusterIp(vec!["10.96.0.1".parse().unwrap()].into());
-        w.replace_all(vec![svc("default", "kubernetes", ip.clone()), svc("a", "gone", ip.clone())], vec![]);
+        w.replace_all(
+            vec![svc("default", "kubernetes", ip.clone()), svc("a", "gone", ip.clone())],
+            vec![],
+        );
         let before = h.load().version;
         w.replace_all(vec![svc("default", "kubernetes", ip)], vec![]);
         let snap = h.load();

@@ -36,7 +36,10 @@ impl Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            other => Err(ReduceError::Invalid { field: "protocol", value: other.into() }),
+            other => Err(ReduceError::Invalid {
+                field: "protocol",
+                value: other.into(),
+            }),
         }
     }
 
@@ -105,8 +108,13 @@ pub enum Change {
     DeleteSlice { namespace: Box<str>, name: Box<str> },
 }
 
-fn meta_names(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<(Box<str>, Box<str>), ReduceError> {
-    let ns = meta.namespace.as_deref().ok_or(ReduceError::Missing("metadata.namespace"))?;
+fn meta_names(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<(Box<str>, Box<str>), ReduceError> {
+    let ns = meta
+        .namespace
+        .as_deref()
+        .ok_or(ReduceError::Missing("metadata.namespace"))?;
     let name = meta.name.as_deref().ok_or(ReduceError::Missing("metadata.name"))?;
     Ok((ns.into(), name.into()))
 }
@@ -116,7 +124,10 @@ fn parse_ip(field: &'static str, s: &str) -> Result<IpAddr, ReduceError> {
 }
 
 fn port_number(field: &'static str, p: i32) -> Result<u16, ReduceError> {
-    u16::try_from(p).ok().filter(|p| *p != 0).ok_or(ReduceError::Invalid { field, value: p.to_string() })
+    u16::try_from(p).ok().filter(|p| *p != 0).ok_or(ReduceError::Invalid {
+        field,
+        value: p.to_string(),
+    })
 }
 
 impl Service {
@@ -129,7 +140,10 @@ impl Service {
         let (namespace, name) = meta_names(&svc.metadata)?;
         let spec = svc.spec.as_ref().ok_or(ReduceError::Missing("spec"))?;
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
-            let target = spec.external_name.as_deref().ok_or(ReduceError::Missing("spec.externalName"))?;
+            let target = spec
+                .external_name
+                .as_deref()
+                .ok_or(ReduceError::Missing("spec.externalName"))?;
             ServiceKind::ExternalName(target.trim_end_matches('.').into())
         } else {
             match spec.cluster_ip.as_deref() {
@@ -138,9 +152,10 @@ impl Service {
                 Some(primary) => {
                     // clusterIPs holds every family (dual-stack); clusterIP is its first entry.
                     let ips = match spec.cluster_ips.as_deref() {
-                        Some(list) if !list.is_empty() => {
-                            list.iter().map(|s| parse_ip("spec.clusterIPs", s)).collect::<Result<_, _>>()?
-                        }
+                        Some(list) if !list.is_empty() => list
+                            .iter()
+                            .map(|s| parse_ip("spec.clusterIPs", s))
+                            .collect::<Result<_, _>>()?,
                         _ => vec![parse_ip("spec.clusterIP", primary)?],
                     };
                     ServiceKind::ClusterIp(ips.into())
@@ -191,7 +206,10 @@ impl EndpointSlice {
             .ok_or(ReduceError::Missing("the kubernetes.io/service-name label"))?;
         // FQDN slices carry names, not addresses: nothing for DNS to serve.
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            return Err(ReduceError::Invalid { field: "addressType", value: slice.address_type.clone() });
+            return Err(ReduceError::Invalid {
+                field: "addressType",
+                value: slice.address_type.clone(),
+            });
         }
         let ports = slice
             .ports
@@ -218,8 +236,11 @@ impl EndpointSlice {
                 // The API documents a missing `ready` as "ready" (unknown state is serving).
                 let ready = c.and_then(|c| c.ready).unwrap_or(true);
                 let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let addresses =
-                    e.addresses.iter().map(|a| parse_ip("endpoints.addresses", a)).collect::<Result<Vec<_>, _>>()?;
+                let addresses = e
+                    .addresses
+                    .iter()
+                    .map(|a| parse_ip("endpoints.addresses", a))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(Endpoint {
                     addresses: addresses.into(),
                     hostname: e.hostname.as_deref().filter(|h| !h.is_empty()).map(Into::into),
@@ -254,7 +275,10 @@ mod tests {
                      "ports": [{"name": "http", "port": 80}, {"port": 81}, {"name": "dns", "port": 53, "protocol": "UDP"}]}
         })))
         .unwrap();
-        assert_eq!(s.kind, ServiceKind::ClusterIp(vec!["10.96.0.5".parse().unwrap(), "fd00::5".parse().unwrap()].into()));
+        assert_eq!(
+            s.kind,
+            ServiceKind::ClusterIp(vec!["10.96.0.5".parse().unwrap(), "fd00::5".parse().unwrap()].into())
+        );
         assert_eq!(s.ports.len(), 2, "unnamed ports have no SRV");
         assert_eq!(s.ports[1].protocol, Protocol::Udp);
 

@@ -112,7 +112,13 @@ impl SearchPath {
                 list.push(w);
             }
         }
-        SearchPath { mode, ndots, svc_zone: svc_zone.into(), zone, hosts: list }
+        SearchPath {
+            mode,
+            ndots,
+            svc_zone: svc_zone.into(),
+            zone,
+            hosts: list,
+        }
     }
 
     pub fn host_domains(&self) -> usize {
@@ -172,7 +178,11 @@ impl SearchPath {
 
     /// The bare name `P.` of a walk, for warming.
     pub fn bare(&self, lname: &[u8], walk: Walk) -> Candidate {
-        let mut c = Candidate { buf: [0; wire::MAX_NAME_LEN], len: walk.p_len + 1, place: Place::Bare };
+        let mut c = Candidate {
+            buf: [0; wire::MAX_NAME_LEN],
+            len: walk.p_len + 1,
+            place: Place::Bare,
+        };
         c.buf[..walk.p_len].copy_from_slice(&lname[..walk.p_len]);
         c
     }
@@ -201,7 +211,12 @@ mod tests {
     }
 
     fn sp(mode: Mode) -> SearchPath {
-        SearchPath::new(mode, 5, "cluster.local", &["corp.example".into(), "ec2.internal".into(), "svc.cluster.local".into()])
+        SearchPath::new(
+            mode,
+            5,
+            "cluster.local",
+            &["corp.example".into(), "ec2.internal".into(), "svc.cluster.local".into()],
+        )
     }
 
     #[test]
@@ -217,8 +232,16 @@ mod tests {
         // Later queries of a walk, plain cluster names, too many dots, other zones.
         assert!(s.first_query(&wire_name("api.stripe.com.cluster.local")).is_none());
         assert!(s.first_query(&wire_name("default.svc.cluster.local")).is_none());
-        assert!(s.first_query(&wire_name("a.b.c.d.e.f.default.svc.cluster.local")).is_none(), "6 labels = 5 dots");
-        assert!(s.first_query(&wire_name("a.b.c.d.e.default.svc.cluster.local")).is_some(), "4 dots");
+        assert!(
+            s.first_query(&wire_name("a.b.c.d.e.f.default.svc.cluster.local"))
+                .is_none(),
+            "6 labels = 5 dots"
+        );
+        assert!(
+            s.first_query(&wire_name("a.b.c.d.e.default.svc.cluster.local"))
+                .is_some(),
+            "4 dots"
+        );
         assert!(s.first_query(&wire_name("api.stripe.com")).is_none());
         assert!(sp(Mode::Off).first_query(&q).is_none());
     }
