@@ -222,11 +222,13 @@ impl Authority {
         let Some(labels) = Labels::of(ask.lname) else {
             return Outcome::NotOurs;
         };
-        if ask.lname.ends_with(&self.zone) {
+        let zone_at = ask.lname.len().wrapping_sub(self.zone.len());
+        // A byte suffix is not enough: a label's bytes may end in `\x07cluster`.
+        let in_zone = ask.lname.ends_with(&self.zone) && (0..labels.count).any(|i| labels.start(i) == zone_at);
+        if in_zone {
             if !self.index.is_synced() {
                 return Outcome::NotSynced;
             }
-            let zone_at = ask.lname.len() - self.zone.len();
             let snapshot = self.index.load();
             return self.zone_answer(ask, &labels, zone_at, &snapshot, out);
         }
@@ -587,6 +589,47 @@ fn parse_reverse(lname: &[u8], labels: &Labels) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zone_suffix_must_fall_on_a_label_boundary() {
+        let (_writer, handle) = crate::cluster::index::new_index();
+        let settings = ZoneSettings {
+            domain: "cluster.local".into(),
+            service_ttl: 30,
+            endpoint_ttl: 5,
+            negative_ttl: 5,
+            pods: true,
+            reverse_cidrs: vec![],
+        };
+        let authority = Authority::new(settings, handle);
+        // One label "a\x07cluster" followed by "local": its bytes end like the zone's.
+        let name = b"\x09a\x07cluster\x05local\x00";
+        let mut msg = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(name);
+        msg.extend_from_slice(&[0, 1, 0, 1]);
+        let q = wire::parse_query(&msg).unwrap();
+        let ask = Ask {
+            msg: &msg,
+            query: &q,
+            lname: name,
+            limit: 512,
+            our_udp_size: 1232,
+        };
+        assert_eq!(authority.answer(&ask, &mut Vec::new()), Outcome::NotOurs);
+        let inside = b"\x01a\x07cluster\x05local\x00";
+        let mut msg = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(inside);
+        msg.extend_from_slice(&[0, 1, 0, 1]);
+        let q = wire::parse_query(&msg).unwrap();
+        let ask = Ask {
+            msg: &msg,
+            query: &q,
+            lname: inside,
+            limit: 512,
+            our_udp_size: 1232,
+        };
+        assert_eq!(authority.answer(&ask, &mut Vec::new()), Outcome::NotSynced);
+    }
 
     #[test]
     fn dashed_and_reverse_names() {
