@@ -35,6 +35,11 @@ struct WarmRequest {
     query: Query,
 }
 
+/// Continuations remembered at most, and for how long: a client sends its
+/// next search query within milliseconds of our NXDOMAIN.
+const CONTINUATIONS: u64 = 65_536;
+const CONTINUATION_SECS: u64 = 10;
+
 /// Seconds a resolution failure is cached (RFC 9520 §3.2: at least 1).
 const FAILURE_TTL: u32 = 1;
 
@@ -94,6 +99,12 @@ pub struct Pipeline {
     search: Option<SearchPath>,
     /// Bare names to look up ahead of the client (`shortcut = "nxdomain"`), set by `start_background`.
     warm: std::sync::OnceLock<tokio::sync::mpsc::Sender<WarmRequest>>,
+    /// Names a client will ask next because we answered the first query of
+    /// its walk NXDOMAIN (`P.svc.Z` after `P.<ns>.svc.Z`). Such a name looks
+    /// like the first query of another walk (P' = P less its last label, in
+    /// namespace "last label"), and walking it could find a name glibc would
+    /// never try; remembered briefly so it is answered as asked.
+    continuations: moka::sync::Cache<Box<[u8]>, ()>,
     metrics: Metrics,
     edns_udp_size: u16,
     /// Admission control for the miss path: one permit per query waiting on an upstream.
@@ -113,6 +124,10 @@ impl Pipeline {
             cluster_fallback,
             search,
             warm: std::sync::OnceLock::new(),
+            continuations: moka::sync::Cache::builder()
+                .max_capacity(CONTINUATIONS)
+                .time_to_live(std::time::Duration::from_secs(CONTINUATION_SECS))
+                .build(),
             metrics,
             edns_udp_size,
             inflight: Arc::new(Semaphore::new(max_inflight)),
@@ -205,9 +220,13 @@ impl Pipeline {
         let nxdomain = Step::Answered { source: Source::Cluster, rcode: wire::RCODE_NXDOMAIN };
         let Some(search) = &self.search else { return nxdomain };
         let Some(walk) = search.first_query(key.name()) else { return nxdomain };
+        if self.continuations.contains_key(key.name()) {
+            return nxdomain;
+        }
         match search.mode {
             Mode::Off => nxdomain,
             Mode::Nxdomain => {
+                self.expect_continuation(key.name(), walk);
                 self.warm_bare(search.bare(key.name(), walk).name(), &query, now);
                 nxdomain
             }
@@ -216,12 +235,20 @@ impl Pipeline {
                 match self.walk_now(msg, &query, walk, now, transport, out) {
                     walk::WalkEnd::Answered { rcode } => Step::Answered { source: Source::Shortcut, rcode },
                     walk::WalkEnd::NotFound => {
+                        self.expect_continuation(key.name(), walk);
                         self.cluster_answer(msg, &query, transport, out);
                         nxdomain
                     }
                     walk::WalkEnd::NeedFetch => Step::Miss(query, Route::Walk(walk)),
                 }
             }
+        }
+    }
+
+    /// Remembers that the client of this walk will ask `P.svc.Z` next.
+    fn expect_continuation(&self, lname: &[u8], walk: Walk) {
+        if let Some(next) = self.search.as_ref().and_then(|s| s.candidates(lname, walk).next()) {
+            self.continuations.insert(next.name().into(), ());
         }
     }
 
@@ -354,7 +381,11 @@ impl Pipeline {
         let limit = self.limit(query, transport);
         match entry.write_behind_cname(msg, query, &target_name, cname_ttl, Instant::now(), limit, self.edns_udp_size, out)
         {
-            Ok(()) => (Source::Cluster, entry.rcode()),
+            Ok(()) => {
+                // The question is an ExternalName in our zone: we are its authority.
+                wire::set_authoritative(out);
+                (Source::Cluster, entry.rcode())
+            }
             Err(_) => servfail(out),
         }
     }

@@ -282,6 +282,14 @@ pub fn answer_flags(query_flags: u16, rcode: u8, ad: bool, aa: bool, tc: bool) -
     f
 }
 
+/// Sets AA on an answer already written (RFC 1035 §4.1.1): for answers we
+/// assemble from parts for a question in our own zone.
+pub fn set_authoritative(out: &mut [u8]) {
+    if out.len() >= HEADER_LEN {
+        out[2] |= 0x04;
+    }
+}
+
 /// Writes a header into `out[..12]`.
 pub fn write_header(out: &mut [u8], id: u16, flags: u16, counts: [u16; 4]) {
     out[0..2].copy_from_slice(&id.to_be_bytes());

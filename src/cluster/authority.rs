@@ -357,6 +357,16 @@ impl Authority {
                     })
                 }
             }
+            // `_<proto>.<svc>`: an empty non-terminal when a port uses the protocol.
+            // (Before the endpoint arm: endpoint names never start with `_`.)
+            (1, _) if labels.text(lname, 0).first() == Some(&b'_') => {
+                let proto = labels.get(lname, 0);
+                Ok(if records.ports.iter().any(|p| &*p.proto == proto) {
+                    wire::RCODE_NOERROR
+                } else {
+                    wire::RCODE_NXDOMAIN
+                })
+            }
             (1, RecordKind::Headless(eps)) => {
                 let wanted = labels.get(lname, 0);
                 let Some(e) = eps.iter().find(|e| &*e.label == wanted) else {
@@ -367,15 +377,7 @@ impl Authority {
                 }
                 Ok(wire::RCODE_NOERROR)
             }
-            // `_<proto>.<svc>`: an empty non-terminal when a port uses the protocol.
-            (1, _) => {
-                let proto = labels.get(lname, 0);
-                Ok(if records.ports.iter().any(|p| &*p.proto == proto) {
-                    wire::RCODE_NOERROR
-                } else {
-                    wire::RCODE_NXDOMAIN
-                })
-            }
+            (1, _) => Ok(wire::RCODE_NXDOMAIN),
             (2, _) => {
                 let (port_l, proto_l) = (labels.get(lname, 0), labels.get(lname, 1));
                 let Some(port) = records

@@ -244,6 +244,8 @@ impl Pipeline {
                 if written.is_err() {
                     return Some(WalkEnd::NotFound);
                 }
+                // The question is in our zone: the CNAME is ours to vouch for.
+                wire::set_authoritative(out);
                 self.count_walk(Some(cand.place));
                 Some(WalkEnd::Answered { rcode: wire::RCODE_NOERROR })
             }
@@ -270,7 +272,11 @@ impl Pipeline {
     ) -> (Source, u8) {
         match self.walk(msg, query, walk, transport, out).await {
             WalkEnd::Answered { rcode } => (Source::Shortcut, rcode),
-            WalkEnd::NotFound | WalkEnd::NeedFetch => self.cluster_answer(msg, query, transport, out),
+            WalkEnd::NotFound | WalkEnd::NeedFetch => {
+                let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
+                self.expect_continuation(lname.name(), walk);
+                self.cluster_answer(msg, query, transport, out)
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod cache;
 mod cluster_watch;
+mod cluster_zone;
 mod config;
 mod guard;
 mod smoke;
