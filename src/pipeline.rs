@@ -17,7 +17,7 @@ use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::authority::{Ask, Authority, Outcome};
-use crate::stage::shortcut::{Mode, SearchPath, Walk};
+use crate::stage::shortcut::{Mode, Place, SearchPath, Walk};
 use crate::metrics::{Metrics, Source};
 use crate::stage::cache::{self, Cache, Entry, Key};
 use crate::stage::guard::{self, Acl, Verdict};
@@ -227,7 +227,10 @@ impl Pipeline {
             Mode::Off => nxdomain,
             Mode::Nxdomain => {
                 self.expect_continuation(key.name(), walk);
-                self.warm_bare(search.bare(key.name(), walk).name(), &query, now);
+                let bare = search.bare(key.name(), walk);
+                if bare.place == Place::Bare {
+                    self.warm_bare(bare.name(), &query, now);
+                }
                 nxdomain
             }
             Mode::Cname => {

@@ -172,8 +172,26 @@ impl SearchPath {
             }
             let mut c = Candidate { buf, len, place };
             c.buf[walk.p_len..len].copy_from_slice(suffix);
+            self.place_in_zone(&mut c);
             Some(c)
         })
+    }
+
+    /// A bare name that is itself under the cluster domain (a pod typing
+    /// `web.shop.svc.cluster.local` without the final dot) is the index's to
+    /// answer: it must never go upstream.
+    fn place_in_zone(&self, c: &mut Candidate) {
+        if c.place != Place::Bare || !c.name().ends_with(&self.zone) {
+            return;
+        }
+        let zone_at = c.len - self.zone.len();
+        let mut at = 0;
+        while at < zone_at {
+            at += 1 + c.buf[at] as usize;
+        }
+        if at == zone_at {
+            c.place = Place::Cluster;
+        }
     }
 
     /// The bare name `P.` of a walk, for warming.
@@ -184,6 +202,7 @@ impl SearchPath {
             place: Place::Bare,
         };
         c.buf[..walk.p_len].copy_from_slice(&lname[..walk.p_len]);
+        self.place_in_zone(&mut c);
         c
     }
 }
@@ -227,7 +246,8 @@ mod tests {
         assert_eq!(&q[..w.p_len], &wire_name("api.stripe.com")[..w.p_len]);
         // `api.stripe.com.svc.cluster.local` (the second query of a walk) is also the first
         // query of a pod in namespace `com` asking for `api.stripe`: the name alone cannot
-        // tell them apart (DESIGN §3, known limits); the stop rule keeps either answer true.
+        // tell them apart (DESIGN §3, known limits). The pipeline remembers the names a
+        // client will ask after our NXDOMAIN and does not walk those.
         assert!(s.first_query(&wire_name("api.stripe.com.svc.cluster.local")).is_some());
         // Later queries of a walk, plain cluster names, too many dots, other zones.
         assert!(s.first_query(&wire_name("api.stripe.com.cluster.local")).is_none());
@@ -264,5 +284,19 @@ mod tests {
             assert_eq!((g.as_slice(), *gp), (wire_name(n).as_slice(), p));
         }
         assert_eq!(s.bare(&q, w).name(), wire_name("web.shop").as_slice());
+    }
+
+    #[test]
+    fn a_bare_name_in_the_cluster_zone_is_a_cluster_candidate() {
+        let s = sp(Mode::Cname);
+        let q = wire_name("web.shop.svc.cluster.local.default.svc.cluster.local");
+        let w = s.first_query(&q).unwrap();
+        let last = s.candidates(&q, w).last().unwrap();
+        assert_eq!((last.name(), last.place), (wire_name("web.shop.svc.cluster.local").as_slice(), Place::Cluster));
+        assert_eq!(s.bare(&q, w).place, Place::Cluster);
+        // Same bytes at the end, but not on a label boundary: still bare.
+        let q = wire_name("xcluster.local.default.svc.cluster.local");
+        let w = s.first_query(&q).unwrap();
+        assert_eq!(s.bare(&q, w).place, Place::Bare);
     }
 }
