@@ -16,6 +16,7 @@ use nodens::metrics::Metrics;
 use nodens::pipeline::{Pipeline, Stages, Step, Transport};
 use nodens::stage::cache::{Cache, Entry, Key, TtlLimits};
 use nodens::stage::guard::Acl;
+use nodens::stage::shaper::{Shaper, ShaperSettings};
 use nodens::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};
 
 const NAMES: usize = 10_000;
@@ -59,6 +60,20 @@ fn pipeline() -> Pipeline {
         upstreams,
         cluster_fallback: None,
         search: None,
+        // Never consulted: hits are not metered.
+        shaper: Shaper::new(
+            ShaperSettings {
+                qps: 800,
+                burst: 100,
+                max_inflight: 150,
+                per_client_qps: 100,
+                per_client_burst: 100,
+                queue_wait: Duration::from_millis(200),
+                queue_size: 1000,
+            },
+            metrics.protection.clone(),
+        ),
+        refreshes: None,
     };
     Pipeline::new(stages, metrics, 1232, 64)
 }

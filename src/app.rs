@@ -13,18 +13,20 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::admin::{AdminError, AdminServer, Readiness};
+use crate::admin::{AdminError, Readiness};
 use crate::cluster::authority::{Authority, ZoneSettings};
 use crate::cluster::index::{new_index, IndexWriter};
 use crate::config::{ClusterConfig, Config, ConfigError, PodsMode, SourceKind};
-use crate::cluster::source::{kubernetes, static_file};
+use crate::cluster::source::{hub, kubernetes, static_file};
 use crate::metrics::ClusterMetrics;
 use crate::front::{tcp, udp};
 use crate::metrics::Metrics;
+use crate::node::admin::Admin;
 use crate::pipeline::{Pipeline, Stages};
 use crate::stage::shortcut::SearchPath;
-use crate::stage::cache::{Cache, TtlLimits};
+use crate::stage::cache::{Cache, Freshness, TtlLimits};
 use crate::stage::guard::Acl;
+use crate::stage::shaper::{Shaper, ShaperSettings};
 use crate::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +52,12 @@ pub struct App {
     udp: Vec<Vec<std::net::UdpSocket>>,
     tcp: Vec<std::net::TcpListener>,
     dns_addrs: Vec<SocketAddr>,
-    admin: AdminServer,
+    admin: Admin,
     readiness: Readiness,
     /// The index writer, handed to the cluster source's task at spawn.
     cluster: Option<IndexWriter>,
+    /// A predecessor serves our addresses: take no traffic until ready.
+    hold: bool,
 }
 
 impl App {
@@ -64,26 +68,43 @@ impl App {
         let servers = config.upstream_servers()?;
         let metrics = Metrics::new(prometheus::Registry::new())?;
         let readiness = Readiness::new();
-        let admin = AdminServer::spawn(config.admin, metrics.registry.clone(), readiness.clone())?;
+        let probe_file = config.node.probe_file.as_deref();
+        let admin = Admin::start(config.admin, metrics.registry.clone(), readiness.clone(), probe_file)?;
 
         let workers = config.worker_count();
+        let hold = crate::node::handover::predecessor_serving(&config.listen);
         let mut udp_sockets = Vec::new();
         let mut tcp_listeners = Vec::new();
         let mut dns_addrs = Vec::new();
         for &addr in &config.listen {
-            let (sockets, listener) = bind_pair(addr, workers)?;
-            let bound = sockets[0].local_addr().map_err(|source| BuildError::Bind {
-                proto: "udp",
-                addr,
-                source,
-            })?;
+            let (sockets, listener) = match hold {
+                false => bind_pair(addr, workers)?,
+                // A predecessor serves this port: UDP binds once ready, TCP is steered to it until then.
+                true => hold_pair(addr, workers)?,
+            };
+            let bound = match hold {
+                true => addr,
+                false => sockets[0].local_addr().map_err(|source| BuildError::Bind {
+                    proto: "udp",
+                    addr,
+                    source,
+                })?,
+            };
             dns_addrs.push(bound);
             udp_sockets.push(sockets);
             tcp_listeners.push(listener);
         }
 
         let c = &config.cache;
-        let cache = Cache::new(
+        let protection = &metrics.protection;
+        let (refresh_tx, refreshes) = match c.prefetch {
+            true => {
+                let (tx, rx) = tokio::sync::mpsc::channel(crate::pipeline::REFRESH_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let cache = Cache::with_freshness(
             c.max_bytes,
             TtlLimits {
                 min_ttl: c.min_ttl,
@@ -91,6 +112,26 @@ impl App {
                 min_negative_ttl: c.min_negative_ttl,
                 max_negative_ttl: c.max_negative_ttl,
             },
+            Freshness {
+                stale_ttl: c.stale_ttl,
+                stale_answer_ttl: c.stale_answer_ttl,
+                refresh: refresh_tx,
+                stale_hits: protection.stale_hit.clone(),
+                refresh_dropped: protection.prefetch_dropped.clone(),
+            },
+        );
+        let u = &config.upstream;
+        let shaper = Shaper::new(
+            ShaperSettings {
+                qps: u.qps,
+                burst: u.burst,
+                max_inflight: u.max_inflight,
+                per_client_qps: u.per_client_qps,
+                per_client_burst: u.per_client_burst,
+                queue_wait: u.queue_wait,
+                queue_size: u.queue_size,
+            },
+            protection.clone(),
         );
         let upstreams = Upstreams::new(
             UpstreamSettings {
@@ -140,9 +181,21 @@ impl App {
             upstreams,
             cluster_fallback,
             search: Some(search),
+            shaper,
+            refreshes,
         };
         let pipeline = Arc::new(Pipeline::new(stages, metrics, config.edns_udp_size, config.max_inflight));
-        Ok(App { config, pipeline, udp: udp_sockets, tcp: tcp_listeners, dns_addrs, admin, readiness, cluster })
+        Ok(App {
+            config,
+            pipeline,
+            udp: udp_sockets,
+            tcp: tcp_listeners,
+            dns_addrs,
+            admin,
+            readiness,
+            cluster,
+            hold,
+        })
     }
 
     /// The bound DNS addresses, one per `listen` entry (UDP and TCP share it).
@@ -161,13 +214,27 @@ impl App {
         let stop = Arc::new(AtomicBool::new(false));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut threads = Vec::new();
+        let mut held_udp = Vec::new();
+        let mut udp_groups = Vec::new();
+        // Held back (node::handover): start reading once ready, so nothing is answered before the index is.
+        let gate = self.hold.then(|| self.readiness.clone());
         for (sockets, addr) in self.udp.into_iter().zip(&self.dns_addrs) {
+            let own = sockets.len() as u32;
             for (i, socket) in sockets.into_iter().enumerate() {
-                let worker = udp::Worker::new(Arc::new(socket), self.pipeline.clone(), runtime.clone(), stop.clone());
+                let socket = Arc::new(socket);
+                held_udp.push((socket.clone(), *addr));
+                udp_groups.push((socket.clone(), own));
+                let worker = udp::Worker::new(socket, self.pipeline.clone(), runtime.clone(), stop.clone());
+                let (gate, stopped) = (gate.clone(), stop.clone());
                 threads.push(
                     std::thread::Builder::new()
                         .name(format!("nodens-udp-{addr}-{i}"))
-                        .spawn(move || worker.run())?,
+                        .spawn(move || {
+                            while gate.as_ref().is_some_and(|r| !r.is_ready()) && !stopped.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            worker.run()
+                        })?,
                 );
             }
         }
@@ -177,31 +244,47 @@ impl App {
             max_message_size: self.config.tcp.max_message_size,
         };
         let mut tcp_tasks = Vec::new();
+        // Rolling update: the predecessor keeps answering until we are ready (node::handover).
+        let held = match self.hold {
+            true => crate::node::handover::Held::new(held_udp, &self.tcp),
+            false => Default::default(),
+        };
         for listener in self.tcp {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tcp_tasks.push(tokio::spawn(tcp::serve(
-                listener,
-                self.pipeline.clone(),
-                limits,
-                shutdown_rx.clone(),
-            )));
+            let serve = tcp::serve(listener, self.pipeline.clone(), limits, shutdown_rx.clone());
+            let (gate, mut shutdown) = (gate.clone(), shutdown_rx.clone());
+            tcp_tasks.push(tokio::spawn(async move {
+                if let Some(ready) = gate {
+                    // Held back: what got queued in the moment before the hold is answered once ready.
+                    while !ready.is_ready() && !*shutdown.borrow_and_update() {
+                        let _ = tokio::time::timeout(Duration::from_millis(5), shutdown.changed()).await;
+                    }
+                }
+                serve.await
+            }));
         }
         let gauges = tokio::spawn(publish_cache_gauges(self.pipeline.clone(), shutdown_rx.clone()));
         self.pipeline.start_background();
+        tokio::spawn(self.pipeline.clone().run_refreshes(shutdown_rx.clone()));
         let mut source = None;
+        let mut live = None;
         match (self.cluster, self.pipeline.authority()) {
             (Some(writer), Some(authority)) => {
                 let metrics = self.pipeline.metrics().cluster.clone();
                 source = Some(tokio::spawn(run_source(self.config.cluster.clone(), writer, metrics, shutdown_rx)));
                 // Ready once the listeners are bound and the index has its first complete state.
                 let (index, readiness) = (authority.index().clone(), self.readiness.clone());
-                tokio::spawn(async move {
+                live = Some(tokio::spawn(async move {
                     index.wait_synced().await;
+                    held.release();
                     readiness.set_ready(true);
                     tracing::info!("cluster index synced; ready");
-                });
+                }));
             }
-            _ => self.readiness.set_ready(true),
+            _ => {
+                held.release();
+                self.readiness.set_ready(true);
+            }
         }
         tracing::info!(listen = ?self.dns_addrs, admin = %self.admin.local_addr(), "nodens serving");
         Ok(Running {
@@ -212,6 +295,8 @@ impl App {
             tcp_tasks,
             gauges,
             source,
+            live,
+            udp_groups,
             admin: self.admin,
             readiness: self.readiness,
             grace: self.config.shutdown_grace,
@@ -254,6 +339,29 @@ fn bind_pair(
     Err(last.expect("at least one attempt"))
 }
 
+/// `bind_pair` beside a serving predecessor: the UDP sockets unbound (they
+/// bind once ready), the TCP listener bound and its group steered to the
+/// predecessor's listener.
+fn hold_pair(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, std::net::TcpListener), BuildError> {
+    let sockets = udp::unbound(addr, workers).map_err(|source| BuildError::Bind {
+        proto: "udp",
+        addr,
+        source,
+    })?;
+    let listener = tcp::bind(addr).map_err(|source| BuildError::Bind {
+        proto: "tcp",
+        addr,
+        source,
+    })?;
+    if let Err(e) = crate::node::handover::steer_to(&listener, crate::node::handover::OLDER) {
+        tracing::warn!(error = %e, "tcp listener cannot wait for readiness; serving at once");
+    }
+    Ok((sockets, listener))
+}
+
 /// Runs the configured cluster source until shutdown.
 async fn run_source(
     config: ClusterConfig,
@@ -275,6 +383,7 @@ async fn run_source(
             let path = config.static_file.unwrap_or_default();
             static_file::run(path, writer, metrics, config.static_poll_interval, shutdown).await;
         }
+        SourceKind::Hub => hub::run(hub::HubSettings::from_config(&config), writer, metrics, shutdown).await,
         SourceKind::Kubernetes => match kubernetes::client(config.kubeconfig.as_deref()).await {
             Ok(client) => kubernetes::run(client, writer, metrics, shutdown).await,
             Err(e) => tracing::error!(error = %e, "cluster source kubernetes cannot start; cluster names get SERVFAIL"),
@@ -310,7 +419,14 @@ pub struct Running {
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
     gauges: tokio::task::JoinHandle<()>,
     source: Option<tokio::task::JoinHandle<()>>,
-    admin: AdminServer,
+    /// Waits for the first sync to report ready (and holds sockets back until then).
+    live: Option<tokio::task::JoinHandle<()>>,
+    /// Every UDP socket and how many this agent has on its address: the
+    /// group is steered away through them on drain, and they stay open until
+    /// every worker has drained: a closed member would let the kernel move
+    /// another into its index and break the steering (node::handover).
+    udp_groups: Vec<(Arc<std::net::UdpSocket>, u32)>,
+    admin: Admin,
     readiness: Readiness,
     grace: Duration,
     dns_addrs: Vec<SocketAddr>,
@@ -325,15 +441,35 @@ impl Running {
         self.admin.local_addr()
     }
 
+    /// This process's own probe listener (`node.probe_file` set).
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.admin.probe_addr()
+    }
+
     /// Stops reading new queries, lets in-flight ones finish within the
     /// grace period, then stops the admin server. Returns false if the grace
     /// period ran out with queries still in flight.
     pub async fn shutdown(self) -> bool {
+        if let Some(live) = &self.live {
+            live.abort();
+        }
         self.readiness.set_ready(false);
+        // In a DaemonSet the next agent is waiting for the shared admin port.
+        let released = self
+            .admin
+            .release_shared()
+            .map(|s| tokio::task::spawn_blocking(move || s.shutdown()));
+        // New datagrams go to the next agent, if there is one; ours are answered first (node::handover).
+        for (socket, own) in &self.udp_groups {
+            if let Err(e) = crate::node::handover::steer_past(&**socket, *own) {
+                tracing::warn!(error = %e, "udp group cannot be steered to the next agent");
+            }
+        }
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
         let threads = self.threads;
-        // The UDP workers notice `stop` within their receive timeout.
+        // The UDP workers notice `stop` within their receive timeout, leave
+        // their SO_REUSEPORT groups and answer what is queued to them first.
         let joined = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())));
         let drained = async {
             let _ = joined.await;
@@ -352,6 +488,9 @@ impl Running {
         }
         let admin = self.admin;
         let _ = tokio::task::spawn_blocking(move || admin.shutdown()).await;
+        if let Some(released) = released {
+            let _ = released.await;
+        }
         tracing::info!("nodens stopped");
         clean
     }

@@ -61,6 +61,86 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cluster: ClusterConfig,
     pub search: SearchConfig,
+    pub node: NodeConfig,
+    /// `nodens hub` only: the process that watches the API server for every node (DESIGN §5).
+    pub hub: HubConfig,
+}
+
+/// The hub process (`nodens hub`, src/hub/): its listener and its bounds.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Where node agents subscribe (HTTP/2 or HTTP/1.1, `GET /v1/index`).
+    pub listen: SocketAddr,
+    /// The hub's own /metrics, /healthz, /readyz.
+    pub admin: SocketAddr,
+    /// Where the hub's index comes from: kubernetes, static or demo (the `[cluster]` keys say how).
+    pub source: SourceKind,
+    /// Shared secret agents must send as `Authorization: Bearer`; empty: no auth.
+    pub token: String,
+    /// Deltas kept so a reconnecting agent gets only what it missed; past them it gets a snapshot.
+    pub history: usize,
+    /// Bytes of deltas kept at most.
+    pub history_bytes: usize,
+    /// A subscriber with nothing new gets a heartbeat this often.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Open streams at once; more wait in the kernel's backlog.
+    pub max_subscribers: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8053),
+            admin: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 9154),
+            source: SourceKind::Kubernetes,
+            token: String::new(),
+            history: 10_000,
+            history_bytes: 64 << 20,
+            heartbeat: Duration::from_secs(5),
+            max_subscribers: 10_000,
+        }
+    }
+}
+
+/// What a DaemonSet agent sets up on its node (src/node/).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Create the dummy interface holding `addresses` before binding (`--setup-interface`).
+    pub setup_interface: bool,
+    pub interface: String,
+    /// The node-local addresses the interface holds (NodeLocal DNSCache's 169.254.20.10).
+    pub addresses: Vec<IpAddr>,
+    /// The conntrack bypass for DNS on those addresses, installed with the interface.
+    pub notrack: NotrackMode,
+    /// Where this process writes the address of its own probe listener
+    /// (`nodens probe`); unset: none, probes use `admin`.
+    pub probe_file: Option<PathBuf>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            setup_interface: false,
+            interface: "nodelocaldns".into(),
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10))],
+            notrack: NotrackMode::Auto,
+            probe_file: None,
+        }
+    }
+}
+
+/// How the NOTRACK rules are installed (src/node/notrack.rs).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotrackMode {
+    /// nftables if `nft` runs, else iptables.
+    Auto,
+    Nftables,
+    Iptables,
+    Off,
 }
 
 /// The search-path shortcut (DESIGN §3).
@@ -99,6 +179,8 @@ pub enum SourceKind {
     Static,
     /// A direct watch of the API server (`kubeconfig`, or in-cluster config).
     Kubernetes,
+    /// A subscription to `nodens hub` (`hub` addresses): no API server access needed.
+    Hub,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -133,6 +215,20 @@ pub struct ClusterConfig {
     /// Where cluster-zone queries go until the index first syncs (the old kube-dns); empty means SERVFAIL.
     #[serde(deserialize_with = "servers")]
     pub cluster_upstream: Vec<SocketAddr>,
+    /// `source = "hub"`: hub addresses ("IP:port"), tried in turn from a random one.
+    pub hub: Vec<SocketAddr>,
+    /// Sent as `Authorization: Bearer`; empty: none.
+    pub hub_token: String,
+    /// No frame from the hub (heartbeats included) for this long: reconnect, to the next address.
+    #[serde(deserialize_with = "duration")]
+    pub hub_timeout: Duration,
+    /// With no hub for `hub_fallback_after` plus a random share of
+    /// `hub_fallback_jitter`, watch the API server directly until a hub answers.
+    pub hub_fallback: bool,
+    #[serde(deserialize_with = "duration")]
+    pub hub_fallback_after: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub hub_fallback_jitter: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -149,6 +245,12 @@ impl Default for ClusterConfig {
             pods: PodsMode::Insecure,
             reverse_cidrs: Vec::new(),
             cluster_upstream: Vec::new(),
+            hub: Vec::new(),
+            hub_token: String::new(),
+            hub_timeout: Duration::from_secs(15),
+            hub_fallback: false,
+            hub_fallback_after: Duration::from_secs(120),
+            hub_fallback_jitter: Duration::from_secs(300),
         }
     }
 }
@@ -174,6 +276,14 @@ pub struct CacheConfig {
     pub max_ttl: u32,
     pub min_negative_ttl: u32,
     pub max_negative_ttl: u32,
+    /// How long past expiry an answer is kept to serve stale when the
+    /// upstream fails or the shaper sheds (RFC 8767); 0 turns serve-stale off.
+    #[serde(deserialize_with = "duration")]
+    pub stale_ttl: Duration,
+    /// TTL of stale answers, seconds (RFC 8767 §4: 30).
+    pub stale_answer_ttl: u32,
+    /// Refresh an entry in the background when it is asked in the last 10% of its TTL.
+    pub prefetch: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -187,6 +297,21 @@ pub struct UpstreamConfig {
     /// Per-try timeout; a query that times out moves on to the next server.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Packets per second sent upstream at most (a UDP query 1, a TCP query 5).
+    pub qps: u32,
+    /// Packets that may go at once above the rate (the token bucket's size).
+    pub burst: u32,
+    /// Upstream queries in flight at once.
+    pub max_inflight: usize,
+    /// Each client address's share of `qps`; 0 means no shares.
+    pub per_client_qps: u32,
+    pub per_client_burst: u32,
+    /// Longest a miss waits for a token or an in-flight slot before it is
+    /// answered stale or SERVFAIL.
+    #[serde(deserialize_with = "duration")]
+    pub queue_wait: Duration,
+    /// Misses waiting at once; the newest beyond it is shed at once.
+    pub queue_size: usize,
 }
 
 impl Default for Config {
@@ -207,6 +332,8 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             cluster: ClusterConfig::default(),
             search: SearchConfig::default(),
+            node: NodeConfig::default(),
+            hub: HubConfig::default(),
         }
     }
 }
@@ -229,6 +356,9 @@ impl Default for CacheConfig {
             max_ttl: 86400,
             min_negative_ttl: 30,
             max_negative_ttl: 3600,
+            stale_ttl: Duration::from_secs(3600),
+            stale_answer_ttl: 30,
+            prefetch: true,
         }
     }
 }
@@ -239,6 +369,13 @@ impl Default for UpstreamConfig {
             servers: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             timeout: Duration::from_secs(1),
+            qps: 800,
+            burst: 100,
+            max_inflight: 150,
+            per_client_qps: 100,
+            per_client_burst: 100,
+            queue_wait: Duration::from_millis(200),
+            queue_size: 1000,
         }
     }
 }
@@ -344,6 +481,28 @@ impl Config {
         if t < Duration::from_millis(10) || t > Duration::from_secs(30) {
             return Err(invalid("upstream.timeout", t, "must be between 10ms and 30s"));
         }
+        self.validate_protection()?;
+        self.validate_hub_source()?;
+        let n = &self.node;
+        let valid_ifname = !n.interface.is_empty()
+            && n.interface.len() <= 15
+            && n.interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_ifname {
+            return Err(invalid(
+                "node.interface",
+                &n.interface,
+                "must be 1-15 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if n.setup_interface && n.addresses.is_empty() {
+            return Err(invalid(
+                "node.addresses",
+                &n.addresses,
+                "at least one address is needed with node.setup_interface",
+            ));
+        }
         let k = &self.cluster;
         let valid_domain = !k.domain.is_empty()
             && k.domain.len() <= 200
@@ -381,6 +540,113 @@ impl Config {
             if s.port() == 0 || s.ip().is_unspecified() {
                 return Err(invalid("upstream.servers", s, "needs a concrete address and port"));
             }
+        }
+        Ok(())
+    }
+
+    /// The `hub` source's keys (DESIGN §5).
+    fn validate_hub_source(&self) -> Result<(), ConfigError> {
+        let k = &self.cluster;
+        if k.source == SourceKind::Hub && k.hub.is_empty() {
+            return Err(invalid(
+                "cluster.hub",
+                &k.hub,
+                "needs at least one hub address with cluster.source = \"hub\" (or pass --hub ADDR)",
+            ));
+        }
+        if let Some(bad) = k.hub.iter().find(|a| a.port() == 0 || a.ip().is_unspecified()) {
+            return Err(invalid("cluster.hub", bad, "needs a concrete address and port"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&k.hub_timeout) {
+            return Err(invalid("cluster.hub_timeout", k.hub_timeout, "must be 1s to 10m"));
+        }
+        if k.hub_fallback_jitter > Duration::from_secs(3600) {
+            let jitter = k.hub_fallback_jitter;
+            return Err(invalid("cluster.hub_fallback_jitter", jitter, "must be at most 1h"));
+        }
+        Ok(())
+    }
+
+    /// Checks the keys `nodens hub` uses (its `[hub]` section and its source).
+    pub fn validate_hub(&self) -> Result<(), ConfigError> {
+        let h = &self.hub;
+        match h.source {
+            SourceKind::Kubernetes | SourceKind::Demo => {}
+            SourceKind::Static if self.cluster.static_file.is_some() => {}
+            SourceKind::Static => {
+                return Err(invalid(
+                    "cluster.static_file",
+                    &self.cluster.static_file,
+                    "is required with hub.source = \"static\" (or pass --cluster-state FILE)",
+                ))
+            }
+            other => return Err(invalid("hub.source", other, "must be kubernetes, static or demo")),
+        }
+        if h.history == 0 || h.history > 10_000_000 {
+            return Err(invalid("hub.history", h.history, "must be between 1 and 10000000"));
+        }
+        if h.history_bytes < 1 << 16 {
+            return Err(invalid("hub.history_bytes", h.history_bytes, "must be at least 65536"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&h.heartbeat) {
+            return Err(invalid("hub.heartbeat", h.heartbeat, "must be between 100ms and 60s"));
+        }
+        if h.max_subscribers == 0 {
+            return Err(invalid("hub.max_subscribers", h.max_subscribers, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The upstream shaper and serve-stale keys (DESIGN §6, §7).
+    fn validate_protection(&self) -> Result<(), ConfigError> {
+        let u = &self.upstream;
+        if !(1..=1_000_000).contains(&u.qps) {
+            return Err(invalid("upstream.qps", u.qps, "must be between 1 and 1000000"));
+        }
+        if !(5..=1_000_000).contains(&u.burst) {
+            return Err(invalid(
+                "upstream.burst",
+                u.burst,
+                "must be between 5 (a TCP query costs 5 packets) and 1000000",
+            ));
+        }
+        if !(1..=65_535).contains(&u.max_inflight) {
+            return Err(invalid(
+                "upstream.max_inflight",
+                u.max_inflight,
+                "must be between 1 and 65535",
+            ));
+        }
+        if u.per_client_qps > u.qps {
+            return Err(invalid(
+                "upstream.per_client_qps",
+                u.per_client_qps,
+                format!("must not exceed upstream.qps ({})", u.qps),
+            ));
+        }
+        if u.per_client_qps > 0 && u.per_client_burst == 0 {
+            return Err(invalid(
+                "upstream.per_client_burst",
+                u.per_client_burst,
+                "must be at least 1 when upstream.per_client_qps is set",
+            ));
+        }
+        if u.queue_wait > Duration::from_secs(10) {
+            return Err(invalid("upstream.queue_wait", u.queue_wait, "must be at most 10s"));
+        }
+        if u.queue_size > 1_000_000 {
+            return Err(invalid("upstream.queue_size", u.queue_size, "must be at most 1000000"));
+        }
+        let c = &self.cache;
+        if c.stale_ttl > Duration::from_secs(7 * 86400) {
+            return Err(invalid("cache.stale_ttl", c.stale_ttl, "must be at most 7 days"));
+        }
+        if !(1..=86400).contains(&c.stale_answer_ttl) {
+            return Err(invalid(
+                "cache.stale_answer_ttl",
+                c.stale_answer_ttl,
+                "must be between 1 and 86400",
+            ));
         }
         Ok(())
     }
@@ -487,9 +753,42 @@ mod tests {
             ("[upstream]\nservers = [\"not-an-ip\"]", &["servers", "not-an-ip"]),
             ("listen = [\"127.0.0.1\"]", &["listen", "127.0.0.1"]),
             ("allow = [\"10.0.0.0/33\"]", &["allow", "10.0.0.0/33"]),
+            ("[upstream]\nqps = 0", &["upstream.qps", "0"]),
+            ("[upstream]\nburst = 2", &["upstream.burst", "2"]),
+            ("[upstream]\nmax_inflight = 0", &["upstream.max_inflight", "0"]),
+            (
+                "[upstream]\nqps = 100\nper_client_qps = 200",
+                &["upstream.per_client_qps", "200"],
+            ),
+            ("[upstream]\nper_client_burst = 0", &["upstream.per_client_burst", "0"]),
+            ("[upstream]\nqueue_wait = \"1m\"", &["upstream.queue_wait", "60s"]),
+            ("[cache]\nstale_answer_ttl = 0", &["cache.stale_answer_ttl", "0"]),
+            ("[cache]\nstale_ttl = \"30days\"", &["cache.stale_ttl"]),
+            ("[cluster]\nsource = \"hub\"", &["cluster.hub", "--hub"]),
+            ("[cluster]\nhub = [\"0.0.0.0:8053\"]", &["cluster.hub", "0.0.0.0:8053"]),
+            ("[cluster]\nhub_timeout = \"10ms\"", &["cluster.hub_timeout", "10ms"]),
         ];
         for (text, needles) in cases {
             let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            for n in *needles {
+                assert!(err.contains(n), "{text:?}: error {err:?} does not name {n:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hub_keys_are_checked_for_the_hub_process() {
+        assert!(Config::default().validate_hub().is_ok(), "kubernetes by default");
+        let cases: &[(&str, &[&str])] = &[
+            ("[hub]\nsource = \"static\"", &["cluster.static_file", "--cluster-"]),
+            ("[hub]\nsource = \"hub\"", &["hub.source", "Hub"]),
+            ("[hub]\nhistory = 0", &["hub.history", "0"]),
+            ("[hub]\nheartbeat = \"5ms\"", &["hub.heartbeat", "5ms"]),
+            ("[hub]\nmax_subscribers = 0", &["hub.max_subscribers"]),
+        ];
+        for (text, needles) in cases {
+            let config = Config::from_toml(text, "t.toml").unwrap();
+            let err = config.validate_hub().unwrap_err().to_string();
             for n in *needles {
                 assert!(err.contains(n), "{text:?}: error {err:?} does not name {n:?}");
             }

@@ -10,6 +10,10 @@
 //! - `stage`: one module per stage: `guard`, `cache`, `upstream`.
 //! - `wire`: zero-copy reading and writing of DNS messages on the hot path.
 //! - `metrics`, `admin`: Prometheus metrics and the admin HTTP server.
+//! - `hub`: `nodens hub`, the one API-server watch that streams the cluster
+//!   index to every node agent.
+//! - `node`: what a DaemonSet agent sets up on its host (link-local
+//!   interface, NOTRACK rules, per-process probe listener).
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 #![allow(missing_debug_implementations)]
@@ -19,7 +23,9 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod front;
+pub mod hub;
 pub mod metrics;
+pub mod node;
 pub mod pipeline;
 pub mod stage;
 pub mod wire;

@@ -29,6 +29,69 @@ struct Cli {
 enum Command {
     /// Run the node agent: answer DNS on the listen addresses (the default command).
     Serve(ServeArgs),
+    /// Remove the node-local interface and the NOTRACK rules `serve --setup-interface` left (uninstall).
+    Teardown(TeardownArgs),
+    /// Ask this pod's own agent (the address in `node.probe_file`) for /readyz or /healthz; exit 0 if 200.
+    Probe(ProbeArgs),
+    /// Run the hub: the one API-server watch, streamed to every node agent (`cluster.source = "hub"`).
+    Hub(HubArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct HubArgs {
+    /// TOML config file: its `[hub]` section and the `[cluster]` source keys (see config/nodens.toml).
+    #[arg(long, env = "NODENS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where agents subscribe (replaces `hub.listen`).
+    #[arg(long, env = "NODENS_HUB_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz (replaces `hub.admin`).
+    #[arg(long, env = "NODENS_HUB_ADMIN", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Watch the API server of this kubeconfig (sets hub.source = "kubernetes"); default: in-cluster, then ~/.kube/config.
+    #[arg(
+        long,
+        env = "NODENS_KUBECONFIG",
+        value_name = "FILE",
+        conflicts_with = "cluster_state"
+    )]
+    kubeconfig: Option<PathBuf>,
+    /// Serve a `kubectl get svc,endpointslices -A -o yaml` dump instead (sets hub.source = "static").
+    #[arg(long, env = "NODENS_CLUSTER_STATE", value_name = "FILE")]
+    cluster_state: Option<PathBuf>,
+    /// Shared secret agents must send (replaces `hub.token`).
+    #[arg(
+        long = "token",
+        env = "NODENS_HUB_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct TeardownArgs {
+    /// TOML config file naming `[node] interface` (default: the embedded defaults).
+    #[arg(long, env = "NODENS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// What to ask: `ready` (/readyz) or `live` (/healthz).
+    #[arg(value_parser = ["ready", "live"])]
+    what: String,
+    /// The file the agent wrote its probe address to (`node.probe_file`).
+    #[arg(
+        long,
+        env = "NODENS_PROBE_FILE",
+        value_name = "FILE",
+        default_value = "/run/nodens/probe"
+    )]
+    file: PathBuf,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +108,9 @@ struct ServeArgs {
     /// Admin HTTP address for /metrics, /healthz, /readyz (replaces `admin`).
     #[arg(long, env = "NODENS_ADMIN", value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Packets per second sent upstream at most (replaces `upstream.qps`).
+    #[arg(long, env = "NODENS_UPSTREAM_QPS", value_name = "N")]
+    upstream_qps: Option<u32>,
     /// Serve the cluster zone from a `kubectl get svc,endpointslices -A -o yaml` dump (sets cluster.source = "static").
     #[arg(long, env = "NODENS_CLUSTER_STATE", value_name = "FILE")]
     cluster_state: Option<PathBuf>,
@@ -57,6 +123,15 @@ struct ServeArgs {
     /// Pods' ndots (replaces `search.ndots`).
     #[arg(long, value_name = "N")]
     ndots: Option<u8>,
+    /// Subscribe to this `nodens hub`, "IP:port" (repeatable; sets cluster.source = "hub" and `cluster.hub`).
+    #[arg(long, env = "NODENS_HUB", value_name = "ADDR", value_delimiter = ',')]
+    hub: Vec<SocketAddr>,
+    /// Bearer token for the hub (replaces `cluster.hub_token`).
+    #[arg(long, env = "NODENS_HUB_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    hub_token: Option<String>,
+    /// Create the node-local interface and NOTRACK rules first (sets `node.setup_interface`; needs CAP_NET_ADMIN).
+    #[arg(long, env = "NODENS_SETUP_INTERFACE")]
+    setup_interface: bool,
 }
 
 fn parse_mode(s: &str) -> Result<nodens::stage::shortcut::Mode, String> {
@@ -74,7 +149,12 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let args = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => args,
+        Command::Teardown(args) => return teardown(args),
+        Command::Probe(args) => return probe(args),
+        Command::Hub(args) => return hub(args),
+    };
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -87,6 +167,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(admin) = args.admin {
         config.admin = admin;
+    }
+    if let Some(qps) = args.upstream_qps {
+        config.upstream.qps = qps;
     }
     if let Some(path) = args.cluster_state {
         config.cluster.source = nodens::config::SourceKind::Static;
@@ -101,6 +184,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(ndots) = args.ndots {
         config.search.ndots = ndots;
     }
+    if !args.hub.is_empty() {
+        config.cluster.source = nodens::config::SourceKind::Hub;
+        config.cluster.hub = args.hub;
+    }
+    if let Some(token) = args.hub_token {
+        config.cluster.hub_token = token;
+    }
+    if args.setup_interface {
+        config.node.setup_interface = true;
+    }
     config.validate()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -109,6 +202,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async {
+        if config.node.setup_interface {
+            // Before binding: the listen address lives on this interface.
+            nodens::node::setup(&config)
+                .await
+                .context("setting up the node-local interface")?;
+        }
         let app = nodens::app::App::build(config)?;
         let running = app.spawn().context("starting workers")?;
         shutdown_signal().await?;
@@ -116,6 +215,71 @@ fn main() -> anyhow::Result<()> {
         running.shutdown().await;
         Ok(())
     })
+}
+
+/// `nodens hub`: serve the cluster index to node agents until SIGTERM/SIGINT.
+fn hub(args: HubArgs) -> anyhow::Result<()> {
+    use nodens::config::SourceKind;
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.hub.listen = listen;
+    }
+    if let Some(admin) = args.admin {
+        config.hub.admin = admin;
+    }
+    if let Some(path) = args.kubeconfig {
+        config.hub.source = SourceKind::Kubernetes;
+        config.cluster.kubeconfig = Some(path);
+    }
+    if let Some(path) = args.cluster_state {
+        config.hub.source = SourceKind::Static;
+        config.cluster.static_file = Some(path);
+    }
+    if let Some(token) = args.token {
+        config.hub.token = token;
+    }
+    config.validate_hub()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nodens-hub")
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async {
+        let source = nodens::hub::HubSource::from_config(&config).await?;
+        let hub = nodens::hub::Hub::start(&config, source)?;
+        shutdown_signal().await?;
+        tracing::info!("signal received, stopping the hub");
+        hub.shutdown().await;
+        Ok(())
+    })
+}
+
+/// `nodens teardown`: the uninstall step; the agent never removes its interface itself.
+fn teardown(args: TeardownArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(nodens::node::teardown(&config.node))?;
+    Ok(())
+}
+
+/// `nodens probe ready|live`: the kubelet's exec probe in the DaemonSet.
+fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    use nodens::node::admin::Probe;
+    let what = if args.what == "ready" {
+        Probe::Ready
+    } else {
+        Probe::Live
+    };
+    nodens::node::admin::probe(&args.file, what, args.timeout).map_err(anyhow::Error::msg)
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -87,10 +87,13 @@ pub struct ClusterMetrics {
     pub skipped: IntCounterVec,
     /// Static file reloads, by outcome (ok, error).
     pub reloads: IntCounterVec,
+    /// The `hub` source's subscription.
+    pub hub: HubSourceMetrics,
 }
 
 impl ClusterMetrics {
-    fn new(registry: &Registry) -> Result<ClusterMetrics, prometheus::Error> {
+    /// Registers the cluster metrics (the hub process uses them without the rest).
+    pub fn new(registry: &Registry) -> Result<ClusterMetrics, prometheus::Error> {
         let m = ClusterMetrics {
             services: IntGauge::new("nodens_cluster_services", "Services in the cluster index")?,
             endpoints: IntGauge::new("nodens_cluster_endpoints", "Endpoint addresses published for headless services")?,
@@ -110,6 +113,7 @@ impl ClusterMetrics {
                 Opts::new("nodens_cluster_static_reloads_total", "Static cluster-state file loads, by outcome"),
                 &["outcome"],
             )?,
+            hub: HubSourceMetrics::new(registry)?,
         };
         registry.register(Box::new(m.services.clone()))?;
         registry.register(Box::new(m.endpoints.clone()))?;
@@ -133,6 +137,253 @@ impl ClusterMetrics {
     }
 }
 
+/// The node agent's `hub` source (DESIGN §5).
+#[derive(Clone, Debug)]
+pub struct HubSourceMetrics {
+    /// 1 while a hub stream is open.
+    pub connected: IntGauge,
+    /// Seconds since the last frame from a hub (heartbeats included): how
+    /// stale the served index may be. Grows while no hub is reachable.
+    pub staleness: prometheus::Gauge,
+    /// Frames applied, by kind (snapshot, delta, heartbeat).
+    pub frames: IntCounterVec,
+    /// Stream bytes received.
+    pub bytes: IntCounter,
+    /// Subscription attempts, by outcome (ok, error).
+    pub sessions: IntCounterVec,
+    /// The hub version the index is at.
+    pub version: IntGauge,
+    /// 1 while the direct-watch fallback runs.
+    pub fallback: IntGauge,
+}
+
+impl HubSourceMetrics {
+    fn new(registry: &Registry) -> Result<HubSourceMetrics, prometheus::Error> {
+        let m = HubSourceMetrics {
+            connected: IntGauge::new("nodens_hub_source_connected", "1 while a hub stream is open")?,
+            staleness: prometheus::Gauge::new(
+                "nodens_hub_source_staleness_seconds",
+                "Seconds since the last frame from a hub",
+            )?,
+            frames: IntCounterVec::new(
+                Opts::new("nodens_hub_source_frames_total", "Hub frames applied, by kind"),
+                &["kind"],
+            )?,
+            bytes: IntCounter::new("nodens_hub_source_bytes_total", "Hub stream bytes received")?,
+            sessions: IntCounterVec::new(
+                Opts::new("nodens_hub_source_sessions_total", "Hub subscriptions, by outcome"),
+                &["outcome"],
+            )?,
+            version: IntGauge::new("nodens_hub_source_version", "The hub version the cluster index is at")?,
+            fallback: IntGauge::new(
+                "nodens_hub_source_fallback_active",
+                "1 while the direct API watch stands in for the hub",
+            )?,
+        };
+        registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.staleness.clone()))?;
+        registry.register(Box::new(m.frames.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.sessions.clone()))?;
+        registry.register(Box::new(m.version.clone()))?;
+        registry.register(Box::new(m.fallback.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The hub process (`nodens hub`, DESIGN §5): its subscribers and what it sent them.
+#[derive(Clone, Debug)]
+pub struct HubMetrics {
+    /// Open index streams.
+    pub subscribers: IntGauge,
+    /// The index version the hub is at.
+    pub version: IntGauge,
+    /// Deltas kept for resuming subscribers, and their bytes.
+    pub history_frames: IntGauge,
+    pub history_bytes: IntGauge,
+    /// Size of the last encoded snapshot.
+    pub snapshot_bytes: IntGauge,
+    /// Snapshots encoded (one serves every subscriber that needs it soon after).
+    pub snapshot_encodes: IntCounter,
+    /// Stream bytes and frames handed to connections, by kind (snapshot, delta, heartbeat).
+    pub bytes_sent: IntCounterVec,
+    pub frames_sent: IntCounterVec,
+    /// Snapshots sent, by reason: new (no position), origin (a position from
+    /// another hub or an earlier run), behind (resnap: the history no longer
+    /// has the deltas the subscriber needs).
+    pub snapshots_sent: IntCounterVec,
+    /// Stream requests, by outcome (ok, unauthorized, not_ready, bad_request).
+    pub requests: IntCounterVec,
+}
+
+impl HubMetrics {
+    pub fn new(registry: &Registry) -> Result<HubMetrics, prometheus::Error> {
+        let m = HubMetrics {
+            subscribers: IntGauge::new("nodens_hub_subscribers", "Open index streams")?,
+            version: IntGauge::new("nodens_hub_version", "The index version the hub is at")?,
+            history_frames: IntGauge::new("nodens_hub_history_frames", "Deltas kept for resuming subscribers")?,
+            history_bytes: IntGauge::new("nodens_hub_history_bytes", "Bytes of the deltas kept")?,
+            snapshot_bytes: IntGauge::new("nodens_hub_snapshot_bytes", "Size of the last encoded snapshot")?,
+            snapshot_encodes: IntCounter::new("nodens_hub_snapshot_encodes_total", "Snapshots encoded")?,
+            bytes_sent: IntCounterVec::new(
+                Opts::new("nodens_hub_bytes_sent_total", "Index stream bytes sent, by frame kind"),
+                &["kind"],
+            )?,
+            frames_sent: IntCounterVec::new(
+                Opts::new("nodens_hub_frames_sent_total", "Index stream frames sent, by kind"),
+                &["kind"],
+            )?,
+            snapshots_sent: IntCounterVec::new(
+                Opts::new(
+                    "nodens_hub_snapshots_sent_total",
+                    "Snapshots sent, by reason (new, origin, behind = resnap)",
+                ),
+                &["reason"],
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new("nodens_hub_requests_total", "Index stream requests, by outcome"),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.subscribers.clone()))?;
+        registry.register(Box::new(m.version.clone()))?;
+        registry.register(Box::new(m.history_frames.clone()))?;
+        registry.register(Box::new(m.history_bytes.clone()))?;
+        registry.register(Box::new(m.snapshot_bytes.clone()))?;
+        registry.register(Box::new(m.snapshot_encodes.clone()))?;
+        registry.register(Box::new(m.bytes_sent.clone()))?;
+        registry.register(Box::new(m.frames_sent.clone()))?;
+        registry.register(Box::new(m.snapshots_sent.clone()))?;
+        registry.register(Box::new(m.requests.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Why the upstream shaper shed a query (the `reason` label of
+/// `nodens_upstream_shed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The wait queue already held `upstream.queue_size` misses: the newest is shed.
+    QueueFull = 0,
+    /// No token or in-flight slot within `upstream.queue_wait`.
+    QueueTimeout = 1,
+    /// The client was over its share and no spare token was left.
+    ClientShare = 2,
+    /// A refresh found no spare token or in-flight slot.
+    NoSpare = 3,
+}
+const SHED_REASONS: [&str; 4] = ["queue_full", "queue_timeout", "client_share", "no_spare"];
+
+/// Metrics of upstream protection (DESIGN §6, §7): the shaper, coalescing,
+/// serve-stale and prefetch. No label carries a client address or a name;
+/// the clients shed most are logged instead (`stage::shaper`).
+#[derive(Clone, Debug)]
+pub struct ProtectionMetrics {
+    /// Upstream queries the shaper let through for client misses.
+    pub granted_client: IntCounter,
+    /// Upstream queries let through from spare capacity (refreshes, clients over their share).
+    pub granted_spare: IntCounter,
+    /// Packets charged to the token bucket (a UDP try 1, a TCP try 5).
+    pub packets: IntCounter,
+    /// Misses that had to wait for a token or an in-flight slot.
+    pub queued: IntCounter,
+    shed: Vec<IntCounter>,
+    /// Misses waiting in the shaper's queue now.
+    pub waiting: IntGauge,
+    /// Upstream queries in flight now (at most `upstream.max_inflight`).
+    pub upstream_inflight: IntGauge,
+    /// Misses that joined an identical miss already in flight.
+    pub coalesced: IntCounter,
+    /// Stale answers written on the miss path (after a failure or a shed).
+    pub stale_miss: IntCounter,
+    /// Hits answered from a stale copy.
+    pub stale_hit: IntCounter,
+    /// Refreshes sent upstream.
+    pub prefetch_sent: IntCounter,
+    /// Refreshes not sent: no spare capacity.
+    pub prefetch_no_spare: IntCounter,
+    /// Refreshes not sent: the name was already being fetched.
+    pub prefetch_in_flight: IntCounter,
+    /// Refresh requests dropped because the refresh queue was full.
+    pub prefetch_dropped: IntCounter,
+}
+
+impl ProtectionMetrics {
+    pub fn new(registry: &Registry) -> Result<ProtectionMetrics, prometheus::Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let granted = vec(
+            "nodens_upstream_granted_total",
+            "Upstream queries let through by the shaper, by priority",
+            "priority",
+        )?;
+        let shed = vec(
+            "nodens_upstream_shed_total",
+            "Misses the shaper did not send upstream (answered stale or SERVFAIL), by reason",
+            "reason",
+        )?;
+        let stale = vec(
+            "nodens_stale_answers_total",
+            "Answers from expired data (RFC 8767), by path",
+            "path",
+        )?;
+        let prefetch = vec(
+            "nodens_prefetches_total",
+            "Refreshes of entries asked late in their life, by outcome",
+            "outcome",
+        )?;
+        Ok(ProtectionMetrics {
+            granted_client: granted.with_label_values(&["client"]),
+            granted_spare: granted.with_label_values(&["spare"]),
+            packets: counter(
+                "nodens_upstream_packets_total",
+                "Packets charged to the upstream token bucket (UDP try 1, TCP try 5)",
+            )?,
+            queued: counter(
+                "nodens_upstream_queued_total",
+                "Misses that waited for an upstream token or in-flight slot",
+            )?,
+            shed: SHED_REASONS.iter().map(|r| shed.with_label_values(&[r])).collect(),
+            waiting: gauge(
+                "nodens_upstream_queue_waiting",
+                "Misses waiting in the upstream shaper's queue",
+            )?,
+            upstream_inflight: gauge("nodens_upstream_inflight", "Upstream queries in flight")?,
+            coalesced: counter(
+                "nodens_coalesced_waiters_total",
+                "Misses that shared an identical upstream query already in flight",
+            )?,
+            stale_miss: stale.with_label_values(&["miss"]),
+            stale_hit: stale.with_label_values(&["hit"]),
+            prefetch_sent: prefetch.with_label_values(&["sent"]),
+            prefetch_no_spare: prefetch.with_label_values(&["no_spare"]),
+            prefetch_in_flight: prefetch.with_label_values(&["in_flight"]),
+            prefetch_dropped: prefetch.with_label_values(&["dropped"]),
+        })
+    }
+
+    pub fn shed(&self, why: ShedReason) {
+        self.shed[why as usize].inc();
+    }
+
+    pub fn shed_count(&self, why: ShedReason) -> u64 {
+        self.shed[why as usize].get()
+    }
+}
+
 /// Every metric of the data plane, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -147,6 +398,7 @@ pub struct Metrics {
     pub tcp_connections: IntGauge,
     pub inflight: IntGauge,
     pub cluster: ClusterMetrics,
+    pub protection: ProtectionMetrics,
     /// Search-path walks by outcome: where the name was found, or not_found.
     shortcuts: IntCounterVec,
     /// Bare names warmed in the background (`shortcut = "nxdomain"`).
@@ -205,6 +457,7 @@ impl Metrics {
         registry.register(Box::new(tcp_connections.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         let cluster = ClusterMetrics::new(&registry)?;
+        let protection = ProtectionMetrics::new(&registry)?;
         let shortcuts = IntCounterVec::new(
             Opts::new("nodens_shortcut_walks_total", "Search-path walks by outcome (where the name was found)"),
             &["outcome"],
@@ -236,6 +489,7 @@ impl Metrics {
             tcp_connections,
             inflight,
             cluster,
+            protection,
             shortcuts,
             warms,
         })

@@ -7,21 +7,30 @@
 //! workers call it per datagram. `resolve_miss` is the async rest (upstream),
 //! entered only with a permit from the in-flight limit. Must not: touch
 //! sockets (the fronts own them), or log above debug per query.
+//!
+//! Every upstream query goes through `fetch_for` (`fetch` for the stages):
+//! identical misses share one query (`stage::coalesce`), the shaper
+//! (`stage::shaper`) decides when it may be sent, and when it cannot be sent
+//! or fails, expired data is served stale (RFC 8767) before SERVFAIL is.
+//! Refreshes asked for by cache hits (prefetch) run in `run_refreshes`, from
+//! spare upstream capacity only.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::authority::{Ask, Authority, Outcome};
 use crate::stage::shortcut::{Mode, Place, SearchPath, Walk};
-use crate::metrics::{Metrics, Source};
-use crate::stage::cache::{self, Cache, Entry, Key};
+use crate::metrics::{Metrics, ShedReason, Source};
+use crate::stage::cache::{self, Cache, Entry, Key, Refresh, MAX_KEY_LEN};
+use crate::stage::coalesce::{Flights, Role};
 use crate::stage::guard::{self, Acl, Verdict};
-use crate::stage::upstream::Upstreams;
+use crate::stage::shaper::{Grant, Shaper};
+use crate::stage::upstream::{UpstreamError, Upstreams};
 use crate::wire::{self, Query};
 
 mod walk;
@@ -45,6 +54,35 @@ const FAILURE_TTL: u32 = 1;
 
 /// Largest answer over TCP (RFC 7766 §8: the 2-byte length prefix).
 pub const TCP_LIMIT: usize = u16::MAX as usize;
+
+/// Refresh requests from cache hits waiting for `run_refreshes`; more are dropped.
+pub const REFRESH_QUEUE: usize = 1024;
+
+/// The EXTRA-TEXT of the Extended DNS Error on a shed miss's SERVFAIL.
+const RATE_LIMITED: &str = "rate limited";
+
+/// Why `fetch_for` has no answer; coalesced misses all get the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The shaper did not let the query go upstream.
+    Shed(ShedReason),
+    /// Every upstream failed, or answered with something unusable.
+    Upstream,
+    /// The miss leading the flight went away without an outcome.
+    Abandoned,
+}
+
+type Fetched = Result<Arc<Entry>, Failure>;
+
+/// Who a fetch asks upstream for.
+enum Asker {
+    /// A client miss: admitted by the shaper on the client's share.
+    Client(IpAddr),
+    /// Background work (a refresh, a warm-up): spare capacity only.
+    Background,
+    /// Background work already granted from spare capacity.
+    Granted(Grant),
+}
 
 /// What the synchronous stages did with a datagram.
 #[derive(Debug)]
@@ -81,6 +119,10 @@ pub struct Stages {
     pub cluster_fallback: Option<Upstreams>,
     /// The search-path shortcut; needs the cluster zone to know what is a cluster name.
     pub search: Option<SearchPath>,
+    /// Meters every upstream query (DESIGN §7).
+    pub shaper: Shaper,
+    /// Refresh requests from the cache (`Freshness::refresh`), for `run_refreshes`.
+    pub refreshes: Option<mpsc::Receiver<Refresh>>,
 }
 
 /// The transport a query came over decides the answer size limit.
@@ -110,11 +152,25 @@ pub struct Pipeline {
     /// Admission control for the miss path: one permit per query waiting on an upstream.
     inflight: Arc<Semaphore>,
     max_inflight: usize,
+    shaper: Shaper,
+    /// Upstream queries in flight, by cache key, for coalescing.
+    flights: Flights<Fetched>,
+    /// Taken once by `run_refreshes`.
+    refreshes: Mutex<Option<mpsc::Receiver<Refresh>>>,
 }
 
 impl Pipeline {
     pub fn new(stages: Stages, metrics: Metrics, edns_udp_size: u16, max_inflight: usize) -> Pipeline {
-        let Stages { acl, authority, cache, upstreams, cluster_fallback, search } = stages;
+        let Stages {
+            acl,
+            authority,
+            cache,
+            upstreams,
+            cluster_fallback,
+            search,
+            shaper,
+            refreshes,
+        } = stages;
         let search = search.filter(|s| authority.is_some() && s.mode != Mode::Off);
         Pipeline {
             acl,
@@ -132,6 +188,9 @@ impl Pipeline {
             edns_udp_size,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             max_inflight,
+            shaper,
+            flights: Flights::default(),
+            refreshes: Mutex::new(refreshes),
         }
     }
 
@@ -304,7 +363,8 @@ impl Pipeline {
                 tokio::spawn(async move {
                     let Ok(name) = Name::from_bytes(&req.name) else { return };
                     let key = Key::new(&req.name, req.qtype, req.query.qclass, req.query.dnssec_ok());
-                    p.fetch(&name, RecordType::from(req.qtype), &req.query, &key, &p.upstreams).await;
+                    p.fetch_background(&name, RecordType::from(req.qtype), &req.query, &key)
+                        .await;
                     drop(permit);
                 });
             }
@@ -331,24 +391,35 @@ impl Pipeline {
 
     /// The stages that may wait: names below a cached NXDOMAIN (RFC 8020),
     /// then the upstream. Always writes an answer; SERVFAIL when upstream fails.
+    /// `client` is the source address: its share of the upstream is what
+    /// the miss spends (DESIGN §7).
+    #[allow(clippy::too_many_arguments)]
     pub async fn resolve_miss(
         &self,
         msg: &[u8],
         query: &Query,
         route: Route,
         transport: Transport,
+        client: IpAddr,
         _permit: OwnedSemaphorePermit,
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         self.metrics.inflight.inc();
         let answer = match route {
-            Route::Upstream => self.resolve_upstream(msg, query, &self.upstreams, transport, out).await,
+            Route::Upstream => {
+                self.resolve_upstream(msg, query, &self.upstreams, transport, client, out)
+                    .await
+            }
             Route::ClusterFallback => {
                 let fallback = self.cluster_fallback.as_ref().unwrap_or(&self.upstreams);
-                self.resolve_upstream(msg, query, fallback, transport, out).await
+                self.resolve_upstream(msg, query, fallback, transport, client, out)
+                    .await
             }
-            Route::Alias { target, ttl } => self.resolve_alias(msg, query, &target, ttl, transport, out).await,
-            Route::Walk(walk) => self.resolve_walk(msg, query, walk, transport, out).await,
+            Route::Alias { target, ttl } => {
+                self.resolve_alias(msg, query, &target, ttl, transport, client, out)
+                    .await
+            }
+            Route::Walk(walk) => self.resolve_walk(msg, query, walk, transport, client, out).await,
         };
         self.metrics.inflight.dec();
         answer
@@ -358,6 +429,7 @@ impl Pipeline {
     /// from the cache or the upstream: clients' stub resolvers do not chase
     /// CNAMEs themselves. The target is cached under its own name, like any
     /// other; the combined answer is assembled per query.
+    #[allow(clippy::too_many_arguments)]
     async fn resolve_alias(
         &self,
         msg: &[u8],
@@ -365,6 +437,7 @@ impl Pipeline {
         target: &[u8],
         cname_ttl: u32,
         transport: Transport,
+        client: IpAddr,
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         let servfail = |out: &mut Vec<u8>| {
@@ -376,7 +449,10 @@ impl Pipeline {
         let key = Key::new(target, query.qtype, query.qclass, query.dnssec_ok());
         let entry = match self.cache.get(&key, Instant::now()) {
             Some(e) => e,
-            None => match self.fetch(&target_name, qtype, query, &key, &self.upstreams).await {
+            None => match self
+                .fetch(&target_name, qtype, query, &key, &self.upstreams, client)
+                .await
+            {
                 Some(e) => e,
                 None => return servfail(out),
             },
@@ -393,45 +469,215 @@ impl Pipeline {
         }
     }
 
-    /// Asks `upstreams` for (`name`, `qtype`) and caches the answer under `key`.
-    /// None when every upstream failed (the failure is cached too, RFC 9520).
-    async fn fetch(
+    /// Asks `upstreams` for (`name`, `qtype`) on behalf of `client` and
+    /// caches the answer under `key`. None when there is no answer, fresh or
+    /// stale: the shaper shed the query, or every upstream failed (the failure
+    /// is cached too, RFC 9520). A stale answer (RFC 8767) is an entry whose
+    /// `is_stale` is true; `write_answer` gives it the stale TTL and EDE.
+    pub(crate) async fn fetch(
         &self,
         name: &Name,
         qtype: RecordType,
         query: &Query,
         key: &Key,
         upstreams: &Upstreams,
+        client: IpAddr,
     ) -> Option<Arc<Entry>> {
-        let response = match upstreams.resolve(name, qtype, query.dnssec_ok(), query.checking_disabled()).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, %name, ?qtype, "upstream failed");
-                if let Ok(entry) = Entry::failure(name, qtype, FAILURE_TTL, Instant::now()) {
-                    self.cache.insert(key, Arc::new(entry));
+        let (dnssec_ok, cd) = (query.dnssec_ok(), query.checking_disabled());
+        self.fetch_for(name, qtype, dnssec_ok, cd, key, upstreams, Asker::Client(client))
+            .await
+            .ok()
+    }
+
+    /// `fetch` for work no client waits on (warming a name): sent only from
+    /// spare upstream capacity, like a refresh, and dropped when there is none.
+    pub(crate) async fn fetch_background(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        query: &Query,
+        key: &Key,
+    ) -> Option<Arc<Entry>> {
+        let (dnssec_ok, cd) = (query.dnssec_ok(), query.checking_disabled());
+        self.fetch_for(name, qtype, dnssec_ok, cd, key, &self.upstreams, Asker::Background)
+            .await
+            .ok()
+    }
+
+    /// `fetch`, with the reason when there is no answer. The only place an
+    /// upstream query is sent from.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_for(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        key: &Key,
+        upstreams: &Upstreams,
+        asker: Asker,
+    ) -> Fetched {
+        let (flight, len) = self.flight_key(key, upstreams);
+        let leader = match self.flights.join(&flight[..len]) {
+            Role::Waiter(waiter) => {
+                self.metrics.protection.coalesced.inc();
+                return waiter.wait().await.unwrap_or(Err(Failure::Abandoned));
+            }
+            Role::Leader(leader) => leader,
+        };
+        let fetched = self
+            .lead(name, qtype, dnssec_ok, checking_disabled, key, upstreams, asker)
+            .await;
+        leader.finish(fetched.clone());
+        fetched
+    }
+
+    /// The cache key plus which upstreams are asked: a flight's identity.
+    fn flight_key(&self, key: &Key, upstreams: &Upstreams) -> ([u8; MAX_KEY_LEN + 1], usize) {
+        let mut buf = [0u8; MAX_KEY_LEN + 1];
+        let k = key.as_bytes();
+        buf[..k.len()].copy_from_slice(k);
+        buf[k.len()] = u8::from(!std::ptr::eq(upstreams, &self.upstreams));
+        (buf, k.len() + 1)
+    }
+
+    /// The leader's part of a flight: admission, the upstream, the cache.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        key: &Key,
+        upstreams: &Upstreams,
+        asker: Asker,
+    ) -> Fetched {
+        let client = matches!(asker, Asker::Client(_));
+        if client {
+            // A flight that ended between this miss's cache lookup and now filled the cache.
+            if let Some(entry) = self.cache.peek(key, Instant::now()) {
+                return Ok(entry);
+            }
+        }
+        let grant = match asker {
+            Asker::Client(ip) => self.shaper.admit(ip).await,
+            Asker::Background => self.shaper.try_spare().ok_or_else(|| {
+                self.metrics.protection.shed(ShedReason::NoSpare);
+                ShedReason::NoSpare
+            }),
+            Asker::Granted(grant) => Ok(grant),
+        };
+        let failure = match grant {
+            Err(why) => Failure::Shed(why),
+            Ok(grant) => {
+                let response = upstreams
+                    .resolve_paced(name, qtype, dnssec_ok, checking_disabled, &grant)
+                    .await;
+                drop(grant);
+                match response {
+                    Ok(response) => {
+                        let limits = self.cache.limits();
+                        match Entry::from_response(&response, name, qtype, dnssec_ok, limits, Instant::now()) {
+                            Ok(entry) => {
+                                let entry = Arc::new(entry);
+                                self.cache.insert(key, entry.clone());
+                                return Ok(entry);
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, %name, ?qtype, "upstream answer not usable");
+                                Failure::Upstream
+                            }
+                        }
+                    }
+                    Err(UpstreamError::RateLimited { .. }) => Failure::Shed(ShedReason::QueueTimeout),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %name, ?qtype, "upstream failed");
+                        Failure::Upstream
+                    }
                 }
-                return None;
             }
         };
-        match Entry::from_response(&response, name, qtype, query.dnssec_ok(), self.cache.limits(), Instant::now()) {
-            Ok(entry) => {
-                let entry = Arc::new(entry);
-                self.cache.insert(key, entry.clone());
-                Some(entry)
+        self.fall_back(name, qtype, key, failure, client)
+    }
+
+    /// No fresh answer from upstream: keep fresh data a refresh failed to
+    /// replace; else serve what expired within `stale_ttl` (RFC 8767), as a
+    /// stale copy that hits answer until a refresh works; else remember a
+    /// client's upstream failure for a second (RFC 9520 §3.2).
+    fn fall_back(&self, name: &Name, qtype: RecordType, key: &Key, failure: Failure, client: bool) -> Fetched {
+        let now = Instant::now();
+        if let Some(entry) = self.cache.peek(key, now) {
+            if !entry.is_stale() && !entry.is_failure() {
+                return Ok(entry);
             }
-            Err(e) => {
-                tracing::debug!(error = %e, %name, ?qtype, "upstream answer not usable");
-                None
+        }
+        if let Some(stale) = self.cache.get_stale(key, now) {
+            let copy = Arc::new(stale.stale_copy(now, self.cache.stale_answer_ttl()));
+            self.cache.insert(key, copy.clone());
+            return Ok(copy);
+        }
+        if failure == Failure::Upstream && client {
+            if let Ok(entry) = Entry::failure(name, qtype, FAILURE_TTL, now) {
+                self.cache.insert(key, Arc::new(entry));
             }
+        }
+        Err(failure)
+    }
+
+    /// Sends refreshes asked for by cache hits (prefetch in the last 10% of a
+    /// TTL, rechecks of stale copies) upstream, from spare capacity only: one
+    /// that finds no spare token or slot is dropped, and the entry is fetched
+    /// by a miss when it expires instead. Runs until `shutdown`.
+    pub async fn run_refreshes(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let taken = self.refreshes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut requests) = taken else { return };
+        let m = &self.metrics.protection;
+        loop {
+            let request = tokio::select! {
+                r = requests.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                _ = crate::front::tcp::stopped(&mut shutdown) => return,
+            };
+            let Some(key) = Key::from_bytes(&request.key) else {
+                continue;
+            };
+            let (flight, len) = self.flight_key(&key, &self.upstreams);
+            if self.flights.in_flight(&flight[..len]) {
+                m.prefetch_in_flight.inc();
+                continue;
+            }
+            let Ok(name) = Name::from_bytes(key.name()) else {
+                continue;
+            };
+            let Some(grant) = self.shaper.try_spare() else {
+                m.prefetch_no_spare.inc();
+                m.shed(ShedReason::NoSpare);
+                continue;
+            };
+            m.prefetch_sent.inc();
+            let pipeline = self.clone();
+            tokio::spawn(async move {
+                let qtype = RecordType::from(key.qtype());
+                let upstreams = &pipeline.upstreams;
+                let asker = Asker::Granted(grant);
+                let _ = pipeline
+                    .fetch_for(&name, qtype, key.dnssec_ok(), false, &key, upstreams, asker)
+                    .await;
+            });
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn resolve_upstream(
         &self,
         msg: &[u8],
         query: &Query,
         upstreams: &Upstreams,
         transport: Transport,
+        client: IpAddr,
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         let servfail = |out: &mut Vec<u8>| {
@@ -463,9 +709,32 @@ impl Pipeline {
                 }
             }
         }
-        match self.fetch(&name, qtype, query, &key, upstreams).await {
-            Some(entry) if entry.write_answer(msg, query, Instant::now(), limit, self.edns_udp_size, out) => {
-                (Source::Upstream, entry.rcode())
+        let asker = Asker::Client(client);
+        let (dnssec_ok, cd) = (query.dnssec_ok(), query.checking_disabled());
+        match self
+            .fetch_for(&name, qtype, dnssec_ok, cd, &key, upstreams, asker)
+            .await
+        {
+            Ok(entry) if entry.write_answer(msg, query, Instant::now(), limit, self.edns_udp_size, out) => {
+                if entry.is_stale() {
+                    self.metrics.protection.stale_miss.inc();
+                    (Source::Cache, entry.rcode())
+                } else {
+                    (Source::Upstream, entry.rcode())
+                }
+            }
+            Err(Failure::Shed(_)) => {
+                // RFC 8914: the SERVFAIL says why, to clients that read EDNS.
+                cache::write_empty_ede(
+                    msg,
+                    query,
+                    wire::RCODE_SERVFAIL,
+                    wire::ede::OTHER,
+                    RATE_LIMITED,
+                    self.edns_udp_size,
+                    out,
+                );
+                (Source::Local, wire::RCODE_SERVFAIL)
             }
             _ => servfail(out),
         }

@@ -313,6 +313,49 @@ pub fn write_opt(out: &mut [u8], at: usize, udp_size: u16, dnssec_ok: bool, ext_
     at + OPT_LEN
 }
 
+/// EDNS option code of an Extended DNS Error (RFC 8914 §2).
+pub const OPTION_EDE: u16 = 15;
+/// EDE INFO-CODEs nodens writes (RFC 8914 §4, IANA "Extended DNS Error Codes").
+pub mod ede {
+    /// Other (§4.1): with EXTRA-TEXT. The registry has no "rate limited"
+    /// code; "Prohibited" (18) means a client refused by policy and "No
+    /// Reachable Authority" (22) an upstream that could not be reached, so a
+    /// miss the upstream shaper shed is Other + "rate limited".
+    pub const OTHER: u16 = 0;
+    /// Stale Answer (§4.4): served from expired data (RFC 8767).
+    pub const STALE_ANSWER: u16 = 3;
+    /// Cached Error (§4.14): a resolution failure remembered (RFC 9520).
+    pub const CACHED_ERROR: u16 = 13;
+    /// Stale NXDOMAIN Answer (§4.20).
+    pub const STALE_NXDOMAIN: u16 = 19;
+}
+
+/// Bytes an EDE option with `text` adds to an OPT record's RDATA.
+pub const fn ede_len(text: &str) -> usize {
+    4 + 2 + text.len()
+}
+
+/// Appends an Extended DNS Error option (RFC 8914 §2) to the OPT record at
+/// `out[opt_at..]`, which must be the last record in `out` (as `write_opt`
+/// leaves it). Returns false, changing nothing, if `out` has no OPT there.
+pub fn append_ede(out: &mut Vec<u8>, opt_at: usize, info_code: u16, text: &str) -> bool {
+    let Some(rr) = read_rr_header(out, opt_at) else {
+        return false;
+    };
+    if rr.rtype != TYPE_OPT || rr.end != out.len() {
+        return false;
+    }
+    let rdlen_at = rr.ttl_at + 4;
+    let rdlen = be16(out, rdlen_at) as usize + ede_len(text);
+    let Ok(rdlen) = u16::try_from(rdlen) else { return false };
+    out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    out.extend_from_slice(&OPTION_EDE.to_be_bytes());
+    out.extend_from_slice(&((2 + text.len()) as u16).to_be_bytes());
+    out.extend_from_slice(&info_code.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    true
+}
+
 /// The header of an answer without records: the query's ID and flags, our rcode, TC.
 #[derive(Clone, Copy, Debug)]
 pub struct Head {
@@ -443,6 +486,31 @@ mod tests {
             parse_query(&query(&long, 1, None)),
             Err(Malformed::FormErr { .. })
         ));
+    }
+
+    #[test]
+    fn ede_is_appended_to_the_last_opt() {
+        let m = query(&["a"], 1, Some((1232, 0)));
+        let q = parse_query(&m).unwrap();
+        let mut out = vec![0u8; MAX_EMPTY_ANSWER];
+        let head = Head {
+            id: q.id,
+            flags: q.flags,
+            rcode: RCODE_SERVFAIL,
+            tc: false,
+        };
+        let n = write_empty_answer(&m, Some(&q), head, 1232, &mut out);
+        out.truncate(n);
+        assert!(append_ede(&mut out, n - OPT_LEN, ede::OTHER, "rate limited"));
+        let opt = read_rr_header(&out, q.question_end).unwrap();
+        assert_eq!(opt.end, out.len());
+        let rdata = &out[opt.ttl_at + 6..];
+        assert_eq!(&rdata[..6], &[0, 15, 0, 14, 0, 0]);
+        assert_eq!(&rdata[6..], b"rate limited");
+        // The question is no OPT record: untouched.
+        let before = out.clone();
+        assert!(!append_ede(&mut out, HEADER_LEN, ede::OTHER, ""));
+        assert_eq!(out, before);
     }
 
     #[test]

@@ -111,6 +111,24 @@ impl IndexHandle {
     }
 }
 
+/// The change feed's callback: `(version, changes)` after every publish.
+pub type FeedFn = Box<dyn FnMut(u64, &[Change]) + Send>;
+
+/// The optional change feed (the hub's input): what each publish changed in
+/// the object state. Off (`None`) on node agents, which pay nothing for it.
+#[derive(Default)]
+struct Feed {
+    callback: Option<FeedFn>,
+    /// The changes of the publish in progress.
+    pending: Vec<Change>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("on", &self.callback.is_some()).finish()
+    }
+}
+
 /// The one writer: owns the reduced objects, derives and publishes snapshots.
 #[derive(Debug)]
 pub struct IndexWriter {
@@ -120,6 +138,7 @@ pub struct IndexWriter {
     /// Slice names by owning service, to merge them.
     slices_of: HashMap<ObjectKey, HashSet<Box<str>>>,
     snapshot: Snapshot,
+    feed: Feed,
 }
 
 /// Creates an empty index: the writer for the source, the handle for queries.
@@ -135,6 +154,7 @@ pub fn new_index() -> (IndexWriter, IndexHandle) {
         slices: HashMap::new(),
         slices_of: HashMap::new(),
         snapshot: Snapshot::default(),
+        feed: Feed::default(),
     };
     (writer, handle)
 }
@@ -185,6 +205,23 @@ impl IndexWriter {
         self.handle.clone()
     }
 
+    /// Turns on the change feed: after every publish, `callback` gets the new
+    /// version and the changes that altered the object state, in order (an
+    /// upsert of an identical object and a delete of a missing one are left
+    /// out; a `replace_all` arrives as its diff). Applied in order to an
+    /// empty state from the version of this call, they rebuild the writer's
+    /// objects: the first call, made here, carries the current objects as
+    /// upserts. Runs on the writer's task: it must be quick and not block.
+    pub fn set_feed(&mut self, mut callback: FeedFn) {
+        let mut current: Vec<Change> = self.services.values().cloned().map(Change::UpsertService).collect();
+        current.extend(self.slices.values().cloned().map(Change::UpsertSlice));
+        callback(self.snapshot.version, &current);
+        self.feed = Feed {
+            callback: Some(callback),
+            pending: Vec::new(),
+        };
+    }
+
     /// Applies one change and publishes.
     pub fn apply(&mut self, change: Change) {
         self.apply_batch(std::iter::once(change));
@@ -208,14 +245,30 @@ impl IndexWriter {
     pub fn replace_all(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
         let mut touched: HashSet<ObjectKey> = self.services.keys().cloned().collect();
         touched.extend(self.slices_of.keys().cloned());
-        self.services.clear();
-        self.slices.clear();
+        let old_services = std::mem::take(&mut self.services);
+        let old_slices = std::mem::take(&mut self.slices);
         self.slices_of.clear();
         for s in services {
             touched.insert(self.record(Change::UpsertService(s)));
         }
         for s in slices {
             touched.insert(self.record(Change::UpsertSlice(s)));
+        }
+        if self.feed.callback.is_some() {
+            // `record` saw empty maps and queued every object: keep only the diff.
+            let unchanged = |c: &Change| match c {
+                Change::UpsertService(s) => old_services.get(&(s.namespace.clone(), s.name.clone())) == Some(s),
+                Change::UpsertSlice(s) => old_slices.get(&(s.namespace.clone(), s.name.clone())) == Some(s),
+                _ => false,
+            };
+            self.feed.pending.retain(|c| !unchanged(c));
+            let gone_services = old_services.into_keys().filter(|k| !self.services.contains_key(k));
+            let gone_slices = old_slices.into_keys().filter(|k| !self.slices.contains_key(k));
+            let deletes: Vec<Change> = gone_services
+                .map(|(namespace, name)| Change::DeleteService { namespace, name })
+                .chain(gone_slices.map(|(namespace, name)| Change::DeleteSlice { namespace, name }))
+                .collect();
+            self.feed.pending.extend(deletes);
         }
         for key in touched {
             self.rederive(&key);
@@ -239,6 +292,9 @@ impl IndexWriter {
 
     /// Stores a change in the object state; returns the service it touches.
     fn record(&mut self, change: Change) -> ObjectKey {
+        if self.feed.callback.is_some() && self.alters(&change) {
+            self.feed.pending.push(change.clone());
+        }
         match change {
             Change::UpsertService(s) => {
                 let key = (s.namespace.clone(), s.name.clone());
@@ -276,6 +332,17 @@ impl IndexWriter {
                     None => slice_key,
                 }
             }
+        }
+    }
+
+    /// Whether a change would alter the object state (the feed reports only those).
+    fn alters(&self, change: &Change) -> bool {
+        let key = |ns: &str, name: &str| (Box::<str>::from(ns), Box::<str>::from(name));
+        match change {
+            Change::UpsertService(s) => self.services.get(&key(&s.namespace, &s.name)) != Some(s),
+            Change::DeleteService { namespace, name } => self.services.contains_key(&key(namespace, name)),
+            Change::UpsertSlice(s) => self.slices.get(&key(&s.namespace, &s.name)) != Some(s),
+            Change::DeleteSlice { namespace, name } => self.slices.contains_key(&key(namespace, name)),
         }
     }
 
@@ -462,6 +529,10 @@ impl IndexWriter {
     fn publish(&mut self) {
         self.snapshot.version += 1;
         self.handle.current.store(Arc::new(self.snapshot.clone()));
+        if let Some(callback) = &mut self.feed.callback {
+            let changes = std::mem::take(&mut self.feed.pending);
+            callback(self.snapshot.version, &changes);
+        }
     }
 }
 
@@ -553,6 +624,53 @@ mod tests {
         let snap = h.load();
         assert!(snap.services.is_empty() && snap.namespaces.is_empty() && snap.ptr.is_empty());
         assert_eq!(snap.endpoint_count, 0);
+    }
+
+    #[test]
+    fn the_feed_reports_what_each_publish_changed() {
+        type Log = Arc<std::sync::Mutex<Vec<(u64, Vec<Change>)>>>;
+        let (mut w, h) = new_index();
+        let ip = |a: &str| ServiceKind::ClusterIp(vec![a.parse().unwrap()].into());
+        w.apply(Change::UpsertService(svc("a", "before", ip("10.96.0.1"))));
+        let log: Log = Default::default();
+        let sink = log.clone();
+        w.set_feed(Box::new(move |v, c| sink.lock().unwrap().push((v, c.to_vec()))));
+        let db = slice("a", "db-1", "db", &[("10.1.0.1", None, true)]);
+        w.apply_batch([
+            Change::UpsertService(svc("a", "db", ServiceKind::Headless)),
+            Change::UpsertSlice(db.clone()),
+            Change::UpsertService(svc("a", "before", ip("10.96.0.1"))),
+            Change::DeleteSlice {
+                namespace: "a".into(),
+                name: "missing".into(),
+            },
+        ]);
+        w.apply(Change::UpsertSlice(db.clone()));
+        w.replace_all(
+            vec![svc("a", "db", ServiceKind::Headless), svc("b", "new", ip("10.96.0.2"))],
+            vec![slice("a", "db-1", "db", &[("10.1.0.2", None, true)])],
+        );
+        let log = log.lock().unwrap().clone();
+        let count = |i: usize| log[i].1.len();
+        assert_eq!(log.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(count(0), 1, "the first call carries the current objects");
+        assert_eq!(count(1), 2, "the identical upsert and the missing delete are left out");
+        assert_eq!(count(2), 0, "an identical upsert: a publish with no change");
+        assert_eq!(count(3), 3, "the relist's diff: changed slice, new service, delete");
+        assert!(log[3].1.contains(&Change::DeleteService {
+            namespace: "a".into(),
+            name: "before".into()
+        }));
+
+        // Replayed into an empty index, the feed rebuilds the same tables.
+        let (mut copy, ch) = new_index();
+        for (_, changes) in log {
+            copy.apply_batch(changes);
+        }
+        let (a, b) = (h.load(), ch.load());
+        assert_eq!(a.services, b.services);
+        assert_eq!(a.ptr, b.ptr);
+        assert_eq!(a.namespaces, b.namespaces);
     }
 
     #[test]

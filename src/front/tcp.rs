@@ -44,6 +44,21 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// How long a draining listener waits for another queued connection before it closes.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// The longest a draining listener keeps accepting (steering failed: it still gets new ones).
+const DRAIN_MAX: Duration = Duration::from_secs(1);
+/// A draining connection closes once idle this long.
+const DRAIN_IDLE: Duration = Duration::from_millis(250);
+
+fn start_draining(listener: &TcpListener) -> Instant {
+    // Steer new connections to the next agent (node::handover).
+    if let Err(e) = crate::node::handover::steer_to(listener, crate::node::handover::NEWER) {
+        tracing::debug!(error = %e, "tcp listener cannot steer new connections away; draining anyway");
+    }
+    Instant::now()
+}
+
 /// Accepts connections until `shutdown` turns true; returns once every
 /// connection has finished its current query and closed.
 pub async fn serve(
@@ -53,12 +68,27 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    // Draining: new connections are steered to the group's newer member; what
+    // already completed its handshake here is accepted and answered until
+    // the queue stays empty, so closing the listener resets no client.
+    let mut draining: Option<Instant> = None;
     loop {
         let permit = tokio::select! {
             p = connections.clone().acquire_owned() => p.expect("never closed"),
-            _ = stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown), if draining.is_none() => {
+                draining = Some(start_draining(&listener));
+                continue;
+            }
         };
+        if draining.is_some_and(|since| since.elapsed() > DRAIN_MAX) {
+            break;
+        }
         let (stream, peer) = tokio::select! {
+            _ = stopped(&mut shutdown), if draining.is_none() => {
+                draining = Some(start_draining(&listener));
+                continue;
+            }
+            _ = tokio::time::sleep(DRAIN_QUIET), if draining.is_some() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -68,7 +98,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
         };
         let pipeline = pipeline.clone();
         let shutdown = shutdown.clone();
@@ -97,16 +126,29 @@ async fn connection(
     let mut msg = Vec::new();
     let mut out = Vec::with_capacity(512);
     let mut framed = Vec::with_capacity(514);
+    let mut draining = false;
     loop {
-        let len = tokio::select! {
-            r = tokio::time::timeout(limits.idle_timeout, stream.read_u16()) => match r {
-                Ok(Ok(len)) => len,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(()), // idle: RFC 7766 §6.2.3 lets the server close
-            },
-            _ = stopped(&mut shutdown) => return Ok(()),
-        };
+        // On shutdown a query already on its way is still answered: the
+        // connection closes once idle for DRAIN_IDLE instead of at once.
+        // (`read` is cancel-safe, so the length prefix is read by hand.)
+        let mut deadline = tokio::time::Instant::now() + if draining { DRAIN_IDLE } else { limits.idle_timeout };
+        let mut prefix = [0u8; 2];
+        let mut have = 0;
+        while have < 2 {
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, stream.read(&mut prefix[have..])) => match r {
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(n)) => have += n,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Ok(()), // idle: RFC 7766 §6.2.3 lets the server close
+                },
+                _ = stopped(&mut shutdown), if !draining => {
+                    draining = true;
+                    deadline = deadline.min(tokio::time::Instant::now() + DRAIN_IDLE);
+                }
+            }
+        }
+        let len = u16::from_be_bytes(prefix);
         if len < 12 || len > limits.max_message_size {
             // The length alone says this is no query we accept; reading on
             // would let a client make us buffer what it chooses.
@@ -132,7 +174,7 @@ async fn connection(
             Step::Miss(query, route) => match pipeline.admit() {
                 Some(permit) => {
                     pipeline
-                        .resolve_miss(&msg, &query, route, Transport::Tcp, permit, &mut out)
+                        .resolve_miss(&msg, &query, route, Transport::Tcp, peer.ip(), permit, &mut out)
                         .await
                 }
                 None => {

@@ -35,6 +35,9 @@ const MAX_ANSWER: usize = 4096;
 const WAKE: Duration = Duration::from_millis(100);
 /// Receive buffer asked of the kernel, so a burst waits instead of being lost.
 const RECV_BUFFER: usize = 8 << 20;
+/// The longest a draining worker reads on (new datagrams still reach it when
+/// no next agent is there to take them).
+const DRAIN_MAX: Duration = Duration::from_secs(2);
 /// Batches between metric flushes on a busy worker.
 const FLUSH_EVERY: u32 = 64;
 
@@ -44,22 +47,35 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_port(true)?;
-        // SO_RCVBUFFORCE works as root beyond rmem_max; otherwise the capped size is fine.
-        if socket.set_recv_buffer_size(RECV_BUFFER).is_ok() {
-            force_recv_buffer(&socket);
-        }
-        socket.set_read_timeout(Some(WAKE))?;
+        let socket = unbound_socket(addr)?;
         socket.bind(&addr.into())?;
         let socket: UdpSocket = socket.into();
         addr = socket.local_addr()?;
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// `count` sockets set up as `bind` does but not bound yet: a starting agent
+/// binds them once ready (node::handover).
+pub fn unbound(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    (0..count.max(1))
+        .map(|_| unbound_socket(addr).map(UdpSocket::from))
+        .collect()
+}
+
+fn unbound_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    // SO_RCVBUFFORCE works as root beyond rmem_max; otherwise the capped size is fine.
+    if socket.set_recv_buffer_size(RECV_BUFFER).is_ok() {
+        force_recv_buffer(&socket);
+    }
+    socket.set_read_timeout(Some(WAKE))?;
+    Ok(socket)
 }
 
 fn force_recv_buffer(socket: &Socket) {
@@ -150,12 +166,23 @@ impl Worker {
         }
     }
 
-    /// Runs until `stop` is set; call on a dedicated thread.
+    /// Runs until `stop` is set and then the socket's queue stays empty for
+    /// one receive timeout; call on a dedicated thread.
     pub fn run(mut self) {
         let mut b = Buffers::new();
         let fd = self.socket.as_raw_fd();
         let mut batches = 0u32;
-        while !self.stop.load(Ordering::Relaxed) {
+        // Draining: the app has steered the SO_REUSEPORT group's new
+        // datagrams to the next agent (node::handover); keep reading until
+        // the queue stays empty, since closing drops what is queued.
+        let mut draining: Option<Instant> = None;
+        loop {
+            if draining.is_none() && self.stop.load(Ordering::Relaxed) {
+                draining = Some(Instant::now());
+            }
+            if draining.is_some_and(|since| since.elapsed() > DRAIN_MAX) {
+                break;
+            }
             for h in b.rx_hdr.iter_mut() {
                 h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_hdr.msg_flags = 0;
@@ -173,9 +200,14 @@ impl Worker {
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                         self.metrics.flush();
+                        // A whole receive timeout with nothing queued: drained.
+                        if draining.is_some() {
+                            break;
+                        }
                     }
+                    io::ErrorKind::Interrupted => {}
                     _ => {
                         tracing::warn!(error = %e, "udp receive failed");
                         std::thread::sleep(Duration::from_millis(10));
@@ -281,7 +313,7 @@ impl Worker {
         self.runtime.spawn(async move {
             let mut out = Vec::with_capacity(512);
             let (source, rcode) = pipeline
-                .resolve_miss(&msg, &query, route, Transport::Udp, permit, &mut out)
+                .resolve_miss(&msg, &query, route, Transport::Udp, src.ip(), permit, &mut out)
                 .await;
             if !send_to(&socket, &out, src) {
                 pipeline.metrics().drop(Drop::SendFailed);

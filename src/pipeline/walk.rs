@@ -9,6 +9,7 @@
 //! Both classify each candidate with the same function.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -162,16 +163,17 @@ impl Pipeline {
         query: &Query,
         walk: Walk,
         transport: Transport,
+        client: IpAddr,
         out: &mut Vec<u8>,
     ) -> WalkEnd {
         let Some(search) = &self.search else { return WalkEnd::NotFound };
         let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
         let mut cname_ttl = self.negative_ttl();
         for cand in search.candidates(lname.name(), walk) {
-            let (found, entry) = self.probe_fetching(&cand, query.qtype, query).await;
+            let (found, entry) = self.probe_fetching(&cand, query.qtype, query, client).await;
             let found = match found {
                 Found::NoData => match other_address_type(query.qtype) {
-                    Some(other) => match self.probe_fetching(&cand, other, query).await.0 {
+                    Some(other) => match self.probe_fetching(&cand, other, query, client).await.0 {
                         Found::Data => Found::NoData,
                         _ => Found::Unknown,
                     },
@@ -188,13 +190,24 @@ impl Pipeline {
         WalkEnd::NotFound
     }
 
-    async fn probe_fetching(&self, cand: &Candidate, qtype: u16, query: &Query) -> (Found, Option<Arc<Entry>>) {
+    async fn probe_fetching(
+        &self,
+        cand: &Candidate,
+        qtype: u16,
+        query: &Query,
+        client: IpAddr,
+    ) -> (Found, Option<Arc<Entry>>) {
         match self.probe(cand, qtype, query, Instant::now()) {
             Probe::Known(f, e) => (f, e),
             Probe::Fetch => {
-                let Ok(name) = Name::from_bytes(cand.name()) else { return (Found::Unknown, None) };
+                let Ok(name) = Name::from_bytes(cand.name()) else {
+                    return (Found::Unknown, None);
+                };
                 let key = Key::new(cand.name(), qtype, query.qclass, query.dnssec_ok());
-                match self.fetch(&name, RecordType::from(qtype), query, &key, &self.upstreams).await {
+                match self
+                    .fetch(&name, RecordType::from(qtype), query, &key, &self.upstreams, client)
+                    .await
+                {
                     Some(e) => (classify_entry(&e), Some(e)),
                     None => (Found::Unknown, None),
                 }
@@ -268,9 +281,10 @@ impl Pipeline {
         query: &Query,
         walk: Walk,
         transport: Transport,
+        client: IpAddr,
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
-        match self.walk(msg, query, walk, transport, out).await {
+        match self.walk(msg, query, walk, transport, client, out).await {
             WalkEnd::Answered { rcode } => (Source::Shortcut, rcode),
             WalkEnd::NotFound | WalkEnd::NeedFetch => {
                 let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);

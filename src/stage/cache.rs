@@ -12,7 +12,21 @@
 //! differ) and the decayed TTLs, and appends an OPT record when the client
 //! used EDNS. Entries remember when they were stored and their original TTLs
 //! so serve-stale and prefetch can decide on the same data.
+//!
+//! Serve-stale (RFC 8767): moka keeps an entry `stale_ttl` past its expiry;
+//! `get` never returns it then, `get_stale` does, for the miss path to fall
+//! back on when the upstream fails or the shaper sheds the query. What is
+//! served is a *stale copy*: the same bytes, fresh for `stale_answer_ttl`
+//! seconds, answered with that TTL and an Extended DNS Error "Stale Answer"
+//! (RFC 8914 §4.4). It is inserted, so hits answer it until a refresh works.
+//!
+//! Prefetch: a hit in the last 10% of an entry's life (a stale copy: after
+//! `STALE_RECHECK`) sends the entry's key, once per entry, into a bounded
+//! queue with `try_send` (one allocation per entry lifetime, never a wait);
+//! the pipeline's refresh task drains it at low priority. When the queue is
+//! full the request is dropped and counted.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +35,8 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use moka::sync::Cache as Moka;
 use moka::Expiry;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
 
 use crate::wire::{self, Query, MAX_NAME_LEN, OPT_LEN};
 
@@ -94,6 +110,28 @@ impl Key {
     pub fn name(&self) -> &[u8] {
         &self.buf[..self.len - 5]
     }
+
+    pub fn qtype(&self) -> u16 {
+        u16::from_be_bytes([self.buf[self.len - 5], self.buf[self.len - 4]])
+    }
+
+    pub fn qclass(&self) -> u16 {
+        u16::from_be_bytes([self.buf[self.len - 3], self.buf[self.len - 2]])
+    }
+
+    pub fn dnssec_ok(&self) -> bool {
+        self.buf[self.len - 1] & KEY_DO != 0
+    }
+
+    /// A key back from `as_bytes` (as a refresh request carries it).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Key> {
+        if bytes.len() < 6 || bytes.len() > MAX_KEY_LEN || bytes[bytes.len() - 1] & KEY_NXDOMAIN != 0 {
+            return None;
+        }
+        let mut buf = [0u8; MAX_KEY_LEN];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Some(Key { buf, len: bytes.len() })
+    }
 }
 
 /// Where the TTL of one record sits in the stored message, and its TTL as stored.
@@ -120,7 +158,24 @@ pub struct Entry {
     negative: bool,
     /// The response was NXDOMAIN for the question name itself (no CNAME in front).
     name_wide_nxdomain: bool,
+    /// A stale copy (RFC 8767): every TTL is written as `ttl`, with an EDE.
+    stale: bool,
+    /// When the data itself expired (a stale copy keeps its original's), from
+    /// which `stale_ttl` is counted.
+    expired_at: Instant,
+    /// Set by the first hit that asked for a refresh, so each entry asks once.
+    refresh_asked: AtomicBool,
 }
+
+/// How long a stale copy is answered before a hit asks for another refresh:
+/// the upstream is retried in the background while clients get stale data.
+pub const STALE_RECHECK: Duration = Duration::from_secs(2);
+
+/// Entries with a shorter TTL are not prefetched: their last tenth is under
+/// 300 ms, less than one upstream timeout, so a refresh could not be counted
+/// on to land before expiry, and without one a client waits for the
+/// upstream at most once per TTL anyway.
+pub const PREFETCH_MIN_TTL: u32 = 3;
 
 /// Why an upstream response could not become an entry.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +297,59 @@ impl Entry {
             ttl,
             negative,
             name_wide_nxdomain,
+            stale: false,
+            expired_at: stored.checked_add(Duration::from_secs(ttl as u64)).unwrap_or(stored),
+            refresh_asked: AtomicBool::new(false),
         })
+    }
+
+    /// The same answer served stale (RFC 8767 §4): fresh from `now` for
+    /// `answer_ttl` seconds, every TTL written as `answer_ttl`.
+    pub fn stale_copy(&self, now: Instant, answer_ttl: u32) -> Entry {
+        Entry {
+            wire: self.wire.clone(),
+            question_end: self.question_end,
+            ttls: self.ttls.clone(),
+            rcode: self.rcode,
+            authentic: self.authentic,
+            stored: now,
+            ttl: answer_ttl.max(1),
+            negative: self.negative,
+            name_wide_nxdomain: self.name_wide_nxdomain,
+            stale: true,
+            expired_at: self.expired_at,
+            refresh_asked: AtomicBool::new(false),
+        }
+    }
+
+    /// A stale copy (see `stale_copy`).
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// A remembered resolution failure (RFC 9520), never served stale.
+    pub fn is_failure(&self) -> bool {
+        self.rcode == wire::RCODE_SERVFAIL
+    }
+
+    /// True once per entry, for the first hit at `now` late enough in the
+    /// entry's life to refresh it: the last 10% of its TTL (millisecond
+    /// precision), or `STALE_RECHECK` into a stale copy's. Failures are not
+    /// refreshed (they expire and are asked again), nor are entries with a
+    /// TTL under `PREFETCH_MIN_TTL`.
+    pub fn wants_refresh(&self, now: Instant) -> bool {
+        if self.is_failure() || self.refresh_asked.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.stale && self.ttl < PREFETCH_MIN_TTL {
+            return false;
+        }
+        let due = if self.stale {
+            STALE_RECHECK
+        } else {
+            Duration::from_millis(self.ttl as u64 * 900)
+        };
+        now.saturating_duration_since(self.stored) >= due && !self.refresh_asked.swap(true, Ordering::Relaxed)
     }
 
     /// A resolution failure (SERVFAIL), kept `ttl` seconds so clients that
@@ -340,9 +447,25 @@ impl Entry {
             .min(u32::MAX as u64) as u32
     }
 
-    /// How long moka keeps the entry from `at` on.
-    fn keep_for(&self, at: Instant) -> Duration {
-        (self.stored + Duration::from_secs(self.ttl as u64)).saturating_duration_since(at)
+    /// How long moka keeps the entry from `at` on: while fresh, and then
+    /// `stale_ttl` past the expiry of its data (failures: not past their TTL).
+    fn keep_for(&self, at: Instant, stale_ttl: Duration) -> Duration {
+        let fresh_until = self
+            .stored
+            .checked_add(Duration::from_secs(self.ttl as u64))
+            .unwrap_or(self.stored);
+        let until = if self.is_failure() {
+            fresh_until
+        } else {
+            fresh_until.max(self.expired_at.checked_add(stale_ttl).unwrap_or(self.expired_at))
+        };
+        until.saturating_duration_since(at)
+    }
+
+    /// True while the data may be answered stale at `now` (RFC 8767 §5's
+    /// maximum stale timer is `stale_ttl`).
+    fn is_servable_stale(&self, now: Instant, stale_ttl: Duration) -> bool {
+        !self.is_failure() && now < self.expired_at.checked_add(stale_ttl).unwrap_or(self.expired_at)
     }
 
     pub fn ttl(&self) -> u32 {
@@ -380,7 +503,12 @@ impl Entry {
         if self.question_end as usize != query.question_end {
             return false;
         }
-        let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+        let ede = self.ede();
+        let opt_len = match (query.edns, ede) {
+            (None, _) => 0,
+            (Some(_), None) => OPT_LEN,
+            (Some(_), Some(_)) => OPT_LEN + wire::ede_len(""),
+        };
         if self.wire.len() + opt_len > limit {
             write_empty(msg, query, query.flags, wire::RCODE_NOERROR, true, our_udp_size, out);
             return true;
@@ -394,7 +522,12 @@ impl Entry {
         out[wire::HEADER_LEN..query.question_end].copy_from_slice(query.question(msg));
         let elapsed = self.elapsed(now);
         for slot in self.ttls.iter() {
-            let left = slot.ttl.min(self.ttl).saturating_sub(elapsed);
+            // RFC 8767 §4: a stale answer carries the stale answer TTL.
+            let left = if self.stale {
+                self.ttl
+            } else {
+                slot.ttl.min(self.ttl).saturating_sub(elapsed)
+            };
             let at = slot.at as usize;
             out[at..at + 4].copy_from_slice(&left.to_be_bytes());
         }
@@ -403,8 +536,41 @@ impl Entry {
             out.resize(at + OPT_LEN, 0);
             wire::write_opt(out, at, our_udp_size, e.dnssec_ok, 0);
             out[10..12].copy_from_slice(&1u16.to_be_bytes());
+            if let Some(code) = ede {
+                wire::append_ede(out, at, code, "");
+            }
         }
         true
+    }
+
+    /// The Extended DNS Error a hit on this entry carries (RFC 8914).
+    fn ede(&self) -> Option<u16> {
+        match (self.stale, self.rcode) {
+            (true, wire::RCODE_NXDOMAIN) => Some(wire::ede::STALE_NXDOMAIN),
+            (true, _) => Some(wire::ede::STALE_ANSWER),
+            (false, wire::RCODE_SERVFAIL) => Some(wire::ede::CACHED_ERROR),
+            (false, _) => None,
+        }
+    }
+}
+
+/// Writes an answer with no records and, when the client used EDNS, an
+/// Extended DNS Error with `text` (RFC 8914): how a shed query's SERVFAIL
+/// says why.
+#[allow(clippy::too_many_arguments)]
+pub fn write_empty_ede(
+    msg: &[u8],
+    query: &Query,
+    rcode: u8,
+    info_code: u16,
+    text: &str,
+    our_udp_size: u16,
+    out: &mut Vec<u8>,
+) {
+    write_empty(msg, query, query.flags, rcode, false, our_udp_size, out);
+    if query.edns.is_some() {
+        let at = out.len() - OPT_LEN;
+        wire::append_ede(out, at, info_code, text);
     }
 }
 
@@ -470,6 +636,43 @@ fn chain(answers: &[Record], qname: &Name, qtype: RecordType, dnssec_ok: bool) -
 pub struct Cache {
     inner: Moka<Box<[u8]>, Arc<Entry>>,
     limits: TtlLimits,
+    freshness: Freshness,
+}
+
+/// A hit asking for its entry to be refreshed: the key it was looked up by.
+#[derive(Debug)]
+pub struct Refresh {
+    pub key: Box<[u8]>,
+}
+
+/// Serve-stale and prefetch settings (`cache.stale_ttl`,
+/// `cache.stale_answer_ttl`, `cache.prefetch`) and their hit-path counters.
+#[derive(Clone)]
+pub struct Freshness {
+    /// How long past expiry data may still be answered; zero turns serve-stale off.
+    pub stale_ttl: Duration,
+    /// The TTL of stale answers (RFC 8767 §4: 30 s).
+    pub stale_answer_ttl: u32,
+    /// Where hits late in an entry's life ask for a refresh; None turns prefetch off.
+    pub refresh: Option<mpsc::Sender<Refresh>>,
+    /// Hits answered from a stale copy.
+    pub stale_hits: IntCounter,
+    /// Refresh requests dropped because the queue was full.
+    pub refresh_dropped: IntCounter,
+}
+
+impl Freshness {
+    /// No serve-stale, no prefetch: entries live exactly their TTL.
+    pub fn off() -> Freshness {
+        let counter = |name: &str| IntCounter::new(name, "unregistered").expect("valid name");
+        Freshness {
+            stale_ttl: Duration::ZERO,
+            stale_answer_ttl: 30,
+            refresh: None,
+            stale_hits: counter("stale_hits"),
+            refresh_dropped: counter("refresh_dropped"),
+        }
+    }
 }
 
 #[allow(clippy::borrowed_box)] // moka's weigher signature
@@ -477,25 +680,43 @@ fn weigh(k: &Box<[u8]>, v: &Arc<Entry>) -> u32 {
     v.weight(k.len())
 }
 
-struct EntryExpiry;
+struct EntryExpiry {
+    stale_ttl: Duration,
+}
 
 impl Expiry<Box<[u8]>, Arc<Entry>> for EntryExpiry {
     fn expire_after_create(&self, _: &Box<[u8]>, v: &Arc<Entry>, at: Instant) -> Option<Duration> {
-        Some(v.keep_for(at))
+        Some(v.keep_for(at, self.stale_ttl))
     }
     fn expire_after_update(&self, _: &Box<[u8]>, v: &Arc<Entry>, at: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(v.keep_for(at))
+        Some(v.keep_for(at, self.stale_ttl))
     }
 }
 
 impl Cache {
+    /// A cache without serve-stale or prefetch.
     pub fn new(max_bytes: u64, limits: TtlLimits) -> Cache {
+        Cache::with_freshness(max_bytes, limits, Freshness::off())
+    }
+
+    pub fn with_freshness(max_bytes: u64, limits: TtlLimits, freshness: Freshness) -> Cache {
         let inner = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
-            .expire_after(EntryExpiry)
+            .expire_after(EntryExpiry {
+                stale_ttl: freshness.stale_ttl,
+            })
             .build();
-        Cache { inner, limits }
+        Cache {
+            inner,
+            limits,
+            freshness,
+        }
+    }
+
+    /// The TTL stale answers carry.
+    pub fn stale_answer_ttl(&self) -> u32 {
+        self.freshness.stale_answer_ttl
     }
 
     pub fn limits(&self) -> &TtlLimits {
@@ -504,7 +725,49 @@ impl Cache {
 
     /// The fresh entry answering `key`: its own, or the name-wide NXDOMAIN of
     /// its name. Both have the question's length, so the hot path can serve them.
+    ///
+    /// A hit late in the entry's life asks for a refresh (once per entry,
+    /// never waiting: a full queue drops the request).
     pub fn get(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
+        let fresh = |e: Arc<Entry>| e.is_fresh(now).then_some(e);
+        let entry = self
+            .inner
+            .get(key.as_bytes())
+            .and_then(fresh)
+            .or_else(|| self.inner.get(key.nxdomain().as_bytes()).and_then(fresh))?;
+        if entry.stale {
+            self.freshness.stale_hits.inc();
+        }
+        if let Some(queue) = &self.freshness.refresh {
+            if entry.wants_refresh(now) {
+                let request = Refresh {
+                    key: key.as_bytes().into(),
+                };
+                if queue.try_send(request).is_err() {
+                    self.freshness.refresh_dropped.inc();
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Data for `key` (its own or its name's NXDOMAIN) that expired less than
+    /// `stale_ttl` ago, to answer stale when the upstream cannot (RFC 8767).
+    pub fn get_stale(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
+        let stale_ttl = self.freshness.stale_ttl;
+        if stale_ttl.is_zero() {
+            return None;
+        }
+        let servable = |e: &Arc<Entry>| e.is_servable_stale(now, stale_ttl);
+        self.inner
+            .get(key.as_bytes())
+            .filter(servable)
+            .or_else(|| self.inner.get(key.nxdomain().as_bytes()).filter(servable))
+    }
+
+    /// Like `get`, without counting or asking for a refresh: what the miss
+    /// path checks before it asks upstream itself.
+    pub fn peek(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
         let fresh = |e: Arc<Entry>| e.is_fresh(now).then_some(e);
         self.inner
             .get(key.as_bytes())
@@ -674,5 +937,143 @@ mod tests {
         assert!(cache
             .get(&key("no.a.", RecordType::A), now + Duration::from_secs(61))
             .is_none());
+    }
+
+    fn a_record(ttl: u32, now: Instant) -> Entry {
+        let resp = response(
+            ResponseCode::NoError,
+            vec![Record::from_rdata(name("www.a."), ttl, RData::A(A::new(192, 0, 2, 1)))],
+            vec![],
+        );
+        Entry::from_response(&resp, &name("www.a."), RecordType::A, false, &LIMITS, now).unwrap()
+    }
+
+    fn www_key(q: &[u8]) -> Key {
+        let pq = wire::parse_query(q).unwrap();
+        Key::new(pq.qname(q), pq.qtype, pq.qclass, false)
+    }
+
+    fn with_edns(mut q: Vec<u8>) -> Vec<u8> {
+        q[11] = 1;
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        q
+    }
+
+    #[test]
+    fn expired_entries_are_kept_and_served_stale_as_copies() {
+        let t0 = Instant::now();
+        let (tx, _rx) = mpsc::channel(8);
+        let freshness = Freshness {
+            stale_ttl: Duration::from_secs(3600),
+            refresh: Some(tx),
+            ..Freshness::off()
+        };
+        let cache = Cache::with_freshness(1 << 20, LIMITS, freshness);
+        let q = with_edns(query_bytes("www.a.", RecordType::A));
+        let key = www_key(&q);
+        cache.insert(&key, Arc::new(a_record(60, t0)));
+        let later = t0 + Duration::from_secs(100);
+        assert!(cache.get(&key, later).is_none(), "expired: a miss");
+        let stale = cache.get_stale(&key, later).expect("kept for stale_ttl");
+        assert!(
+            cache.get_stale(&key, t0 + Duration::from_secs(60 + 3600)).is_none(),
+            "not past stale_ttl"
+        );
+
+        let copy = Arc::new(stale.stale_copy(later, 30));
+        cache.insert(&key, copy.clone());
+        let hit = cache
+            .get(&key, later + Duration::from_secs(10))
+            .expect("the copy is fresh");
+        assert!(hit.is_stale());
+        assert_eq!(cache.freshness.stale_hits.get(), 1);
+        let pq = wire::parse_query(&q).unwrap();
+        let mut out = Vec::new();
+        assert!(hit.write_answer(&q, &pq, later + Duration::from_secs(10), 1232, 1232, &mut out));
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers[0].ttl, 30, "RFC 8767: the stale answer TTL, not decayed");
+        let ede = m
+            .edns
+            .as_ref()
+            .unwrap()
+            .option(hickory_proto::rr::rdata::opt::EdnsCode::Unknown(15));
+        let Some(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(15, data)) = ede else {
+            panic!("no EDE in {m:?}")
+        };
+        assert_eq!(data, &[0, wire::ede::STALE_ANSWER as u8], "Stale Answer, no text");
+        // The copy keeps the original's stale window: no copy outlives it by more than its own TTL.
+        assert!(copy.is_servable_stale(t0 + Duration::from_secs(3600), Duration::from_secs(3600)));
+        assert!(!copy.is_servable_stale(t0 + Duration::from_secs(3661), Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn failures_are_not_kept_stale() {
+        let t0 = Instant::now();
+        let freshness = Freshness {
+            stale_ttl: Duration::from_secs(3600),
+            ..Freshness::off()
+        };
+        let cache = Cache::with_freshness(1 << 20, LIMITS, freshness);
+        let q = query_bytes("www.a.", RecordType::A);
+        let key = www_key(&q);
+        let failure = Entry::failure(&name("www.a."), RecordType::A, 1, t0).unwrap();
+        assert_eq!(failure.keep_for(t0, Duration::from_secs(3600)), Duration::from_secs(1));
+        cache.insert(&key, Arc::new(failure));
+        assert!(cache.get_stale(&key, t0 + Duration::from_secs(2)).is_none());
+        // A hit on a remembered failure says so (RFC 8914 Cached Error).
+        let q = with_edns(q);
+        let pq = wire::parse_query(&q).unwrap();
+        let mut out = Vec::new();
+        assert!(cache
+            .get(&key, t0)
+            .unwrap()
+            .write_answer(&q, &pq, t0, 1232, 1232, &mut out));
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert!(m
+            .edns
+            .unwrap()
+            .option(hickory_proto::rr::rdata::opt::EdnsCode::Unknown(15))
+            .is_some());
+    }
+
+    #[test]
+    fn a_hit_in_the_last_tenth_asks_for_a_refresh_once() {
+        let t0 = Instant::now();
+        let (tx, mut rx) = mpsc::channel(1);
+        let freshness = Freshness {
+            refresh: Some(tx),
+            ..Freshness::off()
+        };
+        let cache = Cache::with_freshness(1 << 20, LIMITS, freshness);
+        let q = query_bytes("WWW.a.", RecordType::A);
+        let key = www_key(&q);
+        cache.insert(&key, Arc::new(a_record(10, t0)));
+        assert!(cache.get(&key, t0 + Duration::from_millis(8_999)).is_some());
+        assert!(rx.try_recv().is_err(), "not yet in the last 10%");
+        assert!(cache.get(&key, t0 + Duration::from_millis(9_000)).is_some());
+        let asked = rx.try_recv().expect("a refresh request");
+        assert_eq!(&*asked.key, key.as_bytes());
+        let back = Key::from_bytes(&asked.key).unwrap();
+        assert_eq!((back.qtype(), back.qclass(), back.dnssec_ok()), (1, 1, false));
+        assert_eq!(back.name(), b"\x03www\x01a\x00");
+        assert!(cache.get(&key, t0 + Duration::from_millis(9_500)).is_some());
+        assert!(rx.try_recv().is_err(), "once per entry");
+
+        // A full queue drops the request and counts it; the hit is still answered.
+        cache.insert(&key, Arc::new(a_record(10, t0)));
+        let key2 = www_key(&query_bytes("x.a.", RecordType::A));
+        cache.insert(&key2, Arc::new(a_record(10, t0)));
+        assert!(cache.get(&key, t0 + Duration::from_secs(9)).is_some());
+        assert!(cache.get(&key2, t0 + Duration::from_secs(9)).is_some());
+        assert_eq!(cache.freshness.refresh_dropped.get(), 1);
+        // Too short a TTL to prefetch.
+        let brief = a_record(2, t0);
+        assert!(!brief.wants_refresh(t0 + Duration::from_millis(1_900)));
+        // Stale copies ask after STALE_RECHECK.
+        let copy = a_record(10, t0).stale_copy(t0, 30);
+        assert!(!copy.wants_refresh(t0 + STALE_RECHECK - Duration::from_millis(1)));
+        assert!(copy.wants_refresh(t0 + STALE_RECHECK));
     }
 }

@@ -8,7 +8,9 @@
 //! - retrying over TCP when the UDP answer is truncated (RFC 7766);
 //! - failover across the configured servers, with per-server health so that
 //!   recently failing servers are asked last;
-//! - the `upstream`/`outcome` request counters.
+//! - the `upstream`/`outcome` request counters;
+//! - asking the caller's `Pace` before every try, so each packet sent can be
+//!   metered (the shaper, `stage::shaper`).
 //!
 //! Must not:
 //! - cache, rewrite, minimise or validate the answer: the response message is
@@ -44,6 +46,28 @@ const TCP_PREFIX: usize = 2;
 /// RFC 6891 §6.2.5: payload sizes below 512 are treated as 512.
 const MIN_UDP_PAYLOAD: u16 = 512;
 
+/// What a try costs against a cloud resolver's packet limit (DESIGN §7):
+/// a UDP query is one packet, a TCP query about five (handshake, query,
+/// acknowledgements, close).
+pub const UDP_PACKETS: u32 = 1;
+pub const TCP_PACKETS: u32 = 5;
+
+/// Asked before every try `resolve_paced` makes, with what it will cost.
+pub trait Pace {
+    /// Resolves when `packets` may be sent; false means they may not, and the
+    /// resolve ends with `UpstreamError::RateLimited` without sending them.
+    fn pace(&self, packets: u32) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Sends every try at once.
+struct Unpaced;
+
+impl Pace for Unpaced {
+    async fn pace(&self, _packets: u32) -> bool {
+        true
+    }
+}
+
 /// Configuration of the upstream stage.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -77,6 +101,9 @@ pub enum TryError {
     /// connected UDP socket and TCP connections closed mid-exchange.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The caller's `Pace` did not allow the try; nothing was sent.
+    #[error("not sent: upstream rate limit")]
+    Paced,
 }
 
 /// Why `resolve` could not produce an upstream response.
@@ -95,6 +122,9 @@ pub enum UpstreamError {
         server: SocketAddr,
         last: TryError,
     },
+    /// The caller's `Pace` stopped the next try (after `tried` servers failed).
+    #[error("upstream rate limit reached after {tried} tries")]
+    RateLimited { tried: usize },
 }
 
 /// Counters for one server, resolved once so the miss path does not hash
@@ -129,7 +159,7 @@ impl Outcomes {
             TryError::Timeout(_) => &self.timeout,
             TryError::Rcode(ResponseCode::ServFail) => &self.servfail,
             TryError::Rcode(ResponseCode::Refused) => &self.refused,
-            TryError::Rcode(_) | TryError::Io(_) => &self.error,
+            TryError::Rcode(_) | TryError::Io(_) | TryError::Paced => &self.error,
         }
     }
 }
@@ -203,6 +233,20 @@ impl Upstreams {
         dnssec_ok: bool,
         checking_disabled: bool,
     ) -> Result<Message, UpstreamError> {
+        self.resolve_paced(name, qtype, dnssec_ok, checking_disabled, &Unpaced)
+            .await
+    }
+
+    /// `resolve`, asking `pace` before every try (`UDP_PACKETS` for a UDP
+    /// try, `TCP_PACKETS` for the TCP retry after truncation).
+    pub async fn resolve_paced(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        pace: &impl Pace,
+    ) -> Result<Message, UpstreamError> {
         if self.servers.is_empty() {
             return Err(UpstreamError::NoServers);
         }
@@ -216,10 +260,10 @@ impl Upstreams {
 
         let order = self.try_order();
         let mut last = None;
-        for &(_, index) in &order {
+        for (tried, &(_, index)) in order.iter().enumerate() {
             let server = &self.servers[index];
             let result = self
-                .exchange(server, &question, &mut wire, &mut udp_buf)
+                .exchange(server, &question, &mut wire, &mut udp_buf, pace)
                 .await
                 .and_then(answer_or_failure);
             match result {
@@ -228,6 +272,8 @@ impl Upstreams {
                     self.record_success(server);
                     return Ok(response);
                 }
+                // Not the server's fault: no health change, no counter.
+                Err(TryError::Paced) => return Err(UpstreamError::RateLimited { tried }),
                 Err(error) => {
                     server.outcomes.failure(&error).inc();
                     tracing::debug!(upstream = %server.addr, %error, "upstream try failed");
@@ -271,7 +317,11 @@ impl Upstreams {
         question: &Question<'_>,
         wire: &mut [u8],
         udp_buf: &mut [u8],
+        pace: &impl Pace,
     ) -> Result<Message, TryError> {
+        if !pace.pace(UDP_PACKETS).await {
+            return Err(TryError::Paced);
+        }
         let response = self.within(exchange_udp(server, question, wire, udp_buf)).await?;
         if !response.metadata.truncation {
             return Ok(response);
@@ -279,6 +329,9 @@ impl Upstreams {
         // RFC 7766 §5 / RFC 1035 §4.2.1: a truncated UDP answer means "ask
         // again over TCP"; the partial answer itself is not used.
         server.outcomes.truncated.inc();
+        if !pace.pace(TCP_PACKETS).await {
+            return Err(TryError::Paced);
+        }
         self.within(exchange_tcp(server, question, wire)).await
     }
 

@@ -3,14 +3,20 @@
 //! authoritative upstream (support::upstream).
 
 mod admin;
+mod bench;
 mod cache;
 mod cluster_watch;
 mod cluster_zone;
 mod config;
+mod deploy;
 mod glibc;
 mod guard;
+mod hub;
+mod node_iface;
+mod protection;
 mod shortcut;
 mod smoke;
 mod support;
 mod truncation;
+mod upgrade;
 mod upstream_faults;

@@ -4,6 +4,8 @@
 //!
 //! - `static_file`: a `kubectl get svc,endpointslices -A -o yaml` dump, reloaded on change.
 //! - `kubernetes`: a direct watch of the API server (small clusters; the hub uses it too).
+//! - `hub`: a subscription to `nodens hub` (snapshot, then deltas).
 
+pub mod hub;
 pub mod kubernetes;
 pub mod static_file;
