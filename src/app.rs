@@ -16,17 +16,17 @@ use tokio::sync::watch;
 use crate::admin::{AdminError, Readiness};
 use crate::cluster::authority::{Authority, ZoneSettings};
 use crate::cluster::index::{new_index, IndexWriter};
-use crate::config::{ClusterConfig, Config, ConfigError, PodsMode, SourceKind};
 use crate::cluster::source::{hub, kubernetes, static_file};
-use crate::metrics::ClusterMetrics;
+use crate::config::{ClusterConfig, Config, ConfigError, PodsMode, SourceKind};
 use crate::front::{tcp, udp};
+use crate::metrics::ClusterMetrics;
 use crate::metrics::Metrics;
 use crate::node::admin::Admin;
 use crate::pipeline::{Pipeline, Stages};
-use crate::stage::shortcut::SearchPath;
 use crate::stage::cache::{Cache, Freshness, TtlLimits};
 use crate::stage::guard::Acl;
 use crate::stage::shaper::{Shaper, ShaperSettings};
+use crate::stage::shortcut::SearchPath;
 use crate::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};
 
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,9 @@ impl App {
                     timeout: config.upstream.timeout,
                     edns_udp_size: config.edns_udp_size,
                 },
-                UpstreamMetrics { requests: metrics.upstream_requests.clone() },
+                UpstreamMetrics {
+                    requests: metrics.upstream_requests.clone(),
+                },
             )
         });
         let search = SearchPath::new(
@@ -184,7 +186,12 @@ impl App {
             shaper,
             refreshes,
         };
-        let pipeline = Arc::new(Pipeline::new(stages, metrics, config.edns_udp_size, config.max_inflight));
+        let pipeline = Arc::new(Pipeline::new(
+            stages,
+            metrics,
+            config.edns_udp_size,
+            config.max_inflight,
+        ));
         Ok(App {
             config,
             pipeline,
@@ -271,7 +278,12 @@ impl App {
         match (self.cluster, self.pipeline.authority()) {
             (Some(writer), Some(authority)) => {
                 let metrics = self.pipeline.metrics().cluster.clone();
-                source = Some(tokio::spawn(run_source(self.config.cluster.clone(), writer, metrics, shutdown_rx)));
+                source = Some(tokio::spawn(run_source(
+                    self.config.cluster.clone(),
+                    writer,
+                    metrics,
+                    shutdown_rx,
+                )));
                 // Ready once the listeners are bound and the index has its first complete state.
                 let (index, readiness) = (authority.index().clone(), self.readiness.clone());
                 live = Some(tokio::spawn(async move {

@@ -506,11 +506,16 @@ impl Config {
         let k = &self.cluster;
         let valid_domain = !k.domain.is_empty()
             && k.domain.len() <= 200
-            && k.domain.trim_end_matches('.').split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
+            && k.domain
+                .trim_end_matches('.')
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         if !valid_domain {
-            return Err(invalid("cluster.domain", &k.domain, "must be a DNS name such as cluster.local"));
+            return Err(invalid(
+                "cluster.domain",
+                &k.domain,
+                "must be a DNS name such as cluster.local",
+            ));
         }
         if k.source == SourceKind::Static && k.static_file.is_none() {
             return Err(invalid(
@@ -520,18 +525,32 @@ impl Config {
             ));
         }
         if k.static_poll_interval < Duration::from_millis(10) {
-            return Err(invalid("cluster.static_poll_interval", k.static_poll_interval, "must be at least 10ms"));
+            return Err(invalid(
+                "cluster.static_poll_interval",
+                k.static_poll_interval,
+                "must be at least 10ms",
+            ));
         }
-        for (key, ttl) in [("cluster.service_ttl", k.service_ttl), ("cluster.endpoint_ttl", k.endpoint_ttl)] {
+        for (key, ttl) in [
+            ("cluster.service_ttl", k.service_ttl),
+            ("cluster.endpoint_ttl", k.endpoint_ttl),
+        ] {
             if ttl > 86400 {
                 return Err(invalid(key, ttl, "must be at most 86400"));
             }
         }
         if !(1..=15).contains(&self.search.ndots) {
-            return Err(invalid("search.ndots", self.search.ndots, "must be between 1 and 15 (resolv.conf's range)"));
+            return Err(invalid(
+                "search.ndots",
+                self.search.ndots,
+                "must be between 1 and 15 (resolv.conf's range)",
+            ));
         }
         for d in self.search.domains.iter().chain(&self.search.extra_domains) {
-            let ok = d.len() <= 200 && d.trim_end_matches('.').split('.').all(|l| !l.is_empty() && l.len() <= 63);
+            let ok = d.len() <= 200
+                && d.trim_end_matches('.')
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.len() <= 63);
             if !ok {
                 return Err(invalid("search.domains", d, "must be DNS names such as corp.example"));
             }
@@ -682,7 +701,9 @@ impl Config {
     /// configured ones, or the last `search`/`domain` line of resolv.conf.
     pub fn search_domains(&self) -> Vec<String> {
         let mut hosts = if self.search.domains.is_empty() {
-            std::fs::read_to_string(&self.upstream.resolv_conf).map(|t| resolv_conf_search(&t)).unwrap_or_default()
+            std::fs::read_to_string(&self.upstream.resolv_conf)
+                .map(|t| resolv_conf_search(&t))
+                .unwrap_or_default()
         } else {
             self.search.domains.clone()
         };
@@ -804,7 +825,10 @@ mod tests {
         );
         let text = "# c\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver junk\n";
         assert_eq!(resolv_conf_search(text), vec!["a.b".to_string()]);
-        assert_eq!(resolv_conf_search("domain x.y\nsearch c.d e.f\n"), vec!["c.d".to_string(), "e.f".to_string()]);
+        assert_eq!(
+            resolv_conf_search("domain x.y\nsearch c.d e.f\n"),
+            vec!["c.d".to_string(), "e.f".to_string()]
+        );
         assert_eq!(
             resolv_conf_nameservers(text),
             vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]

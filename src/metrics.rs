@@ -96,21 +96,33 @@ impl ClusterMetrics {
     pub fn new(registry: &Registry) -> Result<ClusterMetrics, prometheus::Error> {
         let m = ClusterMetrics {
             services: IntGauge::new("nodens_cluster_services", "Services in the cluster index")?,
-            endpoints: IntGauge::new("nodens_cluster_endpoints", "Endpoint addresses published for headless services")?,
+            endpoints: IntGauge::new(
+                "nodens_cluster_endpoints",
+                "Endpoint addresses published for headless services",
+            )?,
             last_sync: prometheus::Gauge::new(
                 "nodens_cluster_last_sync_timestamp_seconds",
                 "Unix time of the last complete sync of the cluster index",
             )?,
             watch_restarts: IntCounterVec::new(
-                Opts::new("nodens_cluster_watch_restarts_total", "Watch streams restarted, by resource"),
+                Opts::new(
+                    "nodens_cluster_watch_restarts_total",
+                    "Watch streams restarted, by resource",
+                ),
                 &["resource"],
             )?,
             skipped: IntCounterVec::new(
-                Opts::new("nodens_cluster_objects_skipped_total", "Objects skipped as unusable, by resource"),
+                Opts::new(
+                    "nodens_cluster_objects_skipped_total",
+                    "Objects skipped as unusable, by resource",
+                ),
                 &["resource"],
             )?,
             reloads: IntCounterVec::new(
-                Opts::new("nodens_cluster_static_reloads_total", "Static cluster-state file loads, by outcome"),
+                Opts::new(
+                    "nodens_cluster_static_reloads_total",
+                    "Static cluster-state file loads, by outcome",
+                ),
                 &["outcome"],
             )?,
             hub: HubSourceMetrics::new(registry)?,
@@ -132,7 +144,9 @@ impl ClusterMetrics {
 
     /// Records a complete sync now.
     pub fn synced(&self) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         self.last_sync.set(now.as_secs_f64());
     }
 }
@@ -459,10 +473,16 @@ impl Metrics {
         let cluster = ClusterMetrics::new(&registry)?;
         let protection = ProtectionMetrics::new(&registry)?;
         let shortcuts = IntCounterVec::new(
-            Opts::new("nodens_shortcut_walks_total", "Search-path walks by outcome (where the name was found)"),
+            Opts::new(
+                "nodens_shortcut_walks_total",
+                "Search-path walks by outcome (where the name was found)",
+            ),
             &["outcome"],
         )?;
-        let warms = IntCounter::new("nodens_shortcut_warms_total", "Bare names looked up ahead of the client")?;
+        let warms = IntCounter::new(
+            "nodens_shortcut_warms_total",
+            "Bare names looked up ahead of the client",
+        )?;
         registry.register(Box::new(shortcuts.clone()))?;
         registry.register(Box::new(warms.clone()))?;
 

@@ -24,12 +24,12 @@ use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::authority::{Ask, Authority, Outcome};
-use crate::stage::shortcut::{Mode, Place, SearchPath, Walk};
 use crate::metrics::{Metrics, ShedReason, Source};
 use crate::stage::cache::{self, Cache, Entry, Key, Refresh, MAX_KEY_LEN};
 use crate::stage::coalesce::{Flights, Role};
 use crate::stage::guard::{self, Acl, Verdict};
 use crate::stage::shaper::{Grant, Shaper};
+use crate::stage::shortcut::{Mode, Place, SearchPath, Walk};
 use crate::stage::upstream::{UpstreamError, Upstreams};
 use crate::wire::{self, Query};
 
@@ -240,26 +240,51 @@ impl Pipeline {
         let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
         let limit = self.limit(&query, transport);
         if let Some(authority) = &self.authority {
-            let ask = Ask { msg, query: &query, lname: key.name(), limit, our_udp_size: self.edns_udp_size };
+            let ask = Ask {
+                msg,
+                query: &query,
+                lname: key.name(),
+                limit,
+                our_udp_size: self.edns_udp_size,
+            };
             match authority.answer(&ask, out) {
                 Outcome::NotOurs => {}
-                Outcome::Answered { rcode: wire::RCODE_NXDOMAIN } => {
-                    return self.after_cluster_nxdomain(msg, query, &key, now, transport, out)
+                Outcome::Answered {
+                    rcode: wire::RCODE_NXDOMAIN,
+                } => return self.after_cluster_nxdomain(msg, query, &key, now, transport, out),
+                Outcome::Answered { rcode } => {
+                    return Step::Answered {
+                        source: Source::Cluster,
+                        rcode,
+                    }
                 }
-                Outcome::Answered { rcode } => return Step::Answered { source: Source::Cluster, rcode },
                 Outcome::Alias { target, ttl } => return Step::Miss(query, Route::Alias { target, ttl }),
                 Outcome::NotSynced if self.cluster_fallback.is_some() => {
                     return Step::Miss(query, Route::ClusterFallback)
                 }
                 Outcome::NotSynced => {
-                    cache::write_empty(msg, &query, query.flags, wire::RCODE_SERVFAIL, false, self.edns_udp_size, out);
-                    return Step::Answered { source: Source::Local, rcode: wire::RCODE_SERVFAIL };
+                    cache::write_empty(
+                        msg,
+                        &query,
+                        query.flags,
+                        wire::RCODE_SERVFAIL,
+                        false,
+                        self.edns_udp_size,
+                        out,
+                    );
+                    return Step::Answered {
+                        source: Source::Local,
+                        rcode: wire::RCODE_SERVFAIL,
+                    };
                 }
             }
         }
         if let Some(entry) = self.cache.get(&key, now) {
             if entry.write_answer(msg, &query, now, limit, self.edns_udp_size, out) {
-                return Step::Answered { source: Source::Cache, rcode: entry.rcode() };
+                return Step::Answered {
+                    source: Source::Cache,
+                    rcode: entry.rcode(),
+                };
             }
         }
         Step::Miss(query, Route::Upstream)
@@ -276,9 +301,14 @@ impl Pipeline {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Step {
-        let nxdomain = Step::Answered { source: Source::Cluster, rcode: wire::RCODE_NXDOMAIN };
+        let nxdomain = Step::Answered {
+            source: Source::Cluster,
+            rcode: wire::RCODE_NXDOMAIN,
+        };
         let Some(search) = &self.search else { return nxdomain };
-        let Some(walk) = search.first_query(key.name()) else { return nxdomain };
+        let Some(walk) = search.first_query(key.name()) else {
+            return nxdomain;
+        };
         if self.continuations.contains_key(key.name()) {
             return nxdomain;
         }
@@ -295,7 +325,10 @@ impl Pipeline {
             Mode::Cname => {
                 // Keep the NXDOMAIN: the walk writes over it only when it finds a name.
                 match self.walk_now(msg, &query, walk, now, transport, out) {
-                    walk::WalkEnd::Answered { rcode } => Step::Answered { source: Source::Shortcut, rcode },
+                    walk::WalkEnd::Answered { rcode } => Step::Answered {
+                        source: Source::Shortcut,
+                        rcode,
+                    },
                     walk::WalkEnd::NotFound => {
                         self.expect_continuation(key.name(), walk);
                         self.cluster_answer(msg, &query, transport, out);
@@ -317,11 +350,25 @@ impl Pipeline {
     /// Writes the cluster authority's own answer for `query` into `out`.
     fn cluster_answer(&self, msg: &[u8], query: &Query, transport: Transport, out: &mut Vec<u8>) -> (Source, u8) {
         let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
-        let ask = Ask { msg, query, lname: key.name(), limit: self.limit(query, transport), our_udp_size: self.edns_udp_size };
+        let ask = Ask {
+            msg,
+            query,
+            lname: key.name(),
+            limit: self.limit(query, transport),
+            our_udp_size: self.edns_udp_size,
+        };
         match self.authority.as_ref().map(|a| a.answer(&ask, out)) {
             Some(Outcome::Answered { rcode }) => (Source::Cluster, rcode),
             _ => {
-                cache::write_empty(msg, query, query.flags, wire::RCODE_SERVFAIL, false, self.edns_udp_size, out);
+                cache::write_empty(
+                    msg,
+                    query,
+                    query.flags,
+                    wire::RCODE_SERVFAIL,
+                    false,
+                    self.edns_udp_size,
+                    out,
+                );
                 (Source::Cluster, wire::RCODE_SERVFAIL)
             }
         }
@@ -336,7 +383,11 @@ impl Pipeline {
         }
         if let Some(tx) = self.warm.get() {
             // Never wait on the hit path: a full queue drops the warm, the client asks anyway.
-            let request = WarmRequest { name: name.into(), qtype: query.qtype, query: *query };
+            let request = WarmRequest {
+                name: name.into(),
+                qtype: query.qtype,
+                query: *query,
+            };
             if tx.try_send(request).is_ok() {
                 self.metrics.warms.inc();
             }
@@ -359,7 +410,9 @@ impl Pipeline {
             let slots = Arc::new(Semaphore::new(CONCURRENT));
             while let Some(req) = rx.recv().await {
                 let Some(p) = pipeline.upgrade() else { return };
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let Ok(name) = Name::from_bytes(&req.name) else { return };
                     let key = Key::new(&req.name, req.qtype, req.query.qclass, req.query.dnssec_ok());
@@ -441,10 +494,20 @@ impl Pipeline {
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         let servfail = |out: &mut Vec<u8>| {
-            cache::write_empty(msg, query, query.flags, wire::RCODE_SERVFAIL, false, self.edns_udp_size, out);
+            cache::write_empty(
+                msg,
+                query,
+                query.flags,
+                wire::RCODE_SERVFAIL,
+                false,
+                self.edns_udp_size,
+                out,
+            );
             (Source::Cluster, wire::RCODE_SERVFAIL)
         };
-        let Ok(target_name) = Name::from_bytes(target) else { return servfail(out) };
+        let Ok(target_name) = Name::from_bytes(target) else {
+            return servfail(out);
+        };
         let qtype = RecordType::from(query.qtype);
         let key = Key::new(target, query.qtype, query.qclass, query.dnssec_ok());
         let entry = match self.cache.get(&key, Instant::now()) {
@@ -458,8 +521,16 @@ impl Pipeline {
             },
         };
         let limit = self.limit(query, transport);
-        match entry.write_behind_cname(msg, query, &target_name, cname_ttl, Instant::now(), limit, self.edns_udp_size, out)
-        {
+        match entry.write_behind_cname(
+            msg,
+            query,
+            &target_name,
+            cname_ttl,
+            Instant::now(),
+            limit,
+            self.edns_udp_size,
+            out,
+        ) {
             Ok(()) => {
                 // The question is an ExternalName in our zone: we are its authority.
                 wire::set_authoritative(out);

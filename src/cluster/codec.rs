@@ -11,7 +11,7 @@
 //! proportion to a number the peer chose, and bad input is an error, never a
 //! panic.
 //!
-//! Written by hand (varints and length-prefixed strings, ~400 lines): the
+//! Written by hand (varints and length-prefixed strings, ~600 lines): the
 //! model types carry no serde derives, and a hand-written reader makes the
 //! bounds above explicit.
 //!

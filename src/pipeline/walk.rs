@@ -81,10 +81,14 @@ impl Pipeline {
     fn probe(&self, cand: &Candidate, qtype: u16, query: &Query, now: Instant) -> Probe {
         match cand.place {
             Place::Cluster => {
-                let Some(authority) = &self.authority else { return Probe::Known(Found::Unknown, None) };
+                let Some(authority) = &self.authority else {
+                    return Probe::Known(Found::Unknown, None);
+                };
                 let mut qbuf = [0u8; 12 + wire::MAX_NAME_LEN + 4];
                 let n = synthetic_query(cand.name(), qtype, &mut qbuf);
-                let Ok(q) = wire::parse_query(&qbuf[..n]) else { return Probe::Known(Found::Unknown, None) };
+                let Ok(q) = wire::parse_query(&qbuf[..n]) else {
+                    return Probe::Known(Found::Unknown, None);
+                };
                 SCRATCH.with_borrow_mut(|scratch| {
                     let ask = Ask {
                         msg: &qbuf[..n],
@@ -94,13 +98,19 @@ impl Pipeline {
                         our_udp_size: self.edns_udp_size,
                     };
                     match authority.answer(&ask, scratch) {
-                        Outcome::Answered { rcode: wire::RCODE_NXDOMAIN } => Probe::Known(Found::Nothing, None),
-                        Outcome::Answered { rcode: wire::RCODE_NOERROR } => {
+                        Outcome::Answered {
+                            rcode: wire::RCODE_NXDOMAIN,
+                        } => Probe::Known(Found::Nothing, None),
+                        Outcome::Answered {
+                            rcode: wire::RCODE_NOERROR,
+                        } => {
                             let answers = u16::from_be_bytes([scratch[6], scratch[7]]);
                             if answers == 0 {
                                 return Probe::Known(Found::NoData, None);
                             }
-                            let entry = Entry::transient(scratch.clone(), wire::RCODE_NOERROR, now).ok().map(Arc::new);
+                            let entry = Entry::transient(scratch.clone(), wire::RCODE_NOERROR, now)
+                                .ok()
+                                .map(Arc::new);
                             Probe::Known(Found::Data, entry)
                         }
                         // ExternalName candidates, an unsynced index: let the client walk on.
@@ -128,7 +138,9 @@ impl Pipeline {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> WalkEnd {
-        let Some(search) = &self.search else { return WalkEnd::NotFound };
+        let Some(search) = &self.search else {
+            return WalkEnd::NotFound;
+        };
         let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
         let mut cname_ttl = self.negative_ttl();
         for cand in search.candidates(lname.name(), walk) {
@@ -166,7 +178,9 @@ impl Pipeline {
         client: IpAddr,
         out: &mut Vec<u8>,
     ) -> WalkEnd {
-        let Some(search) = &self.search else { return WalkEnd::NotFound };
+        let Some(search) = &self.search else {
+            return WalkEnd::NotFound;
+        };
         let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
         let mut cname_ttl = self.negative_ttl();
         for cand in search.candidates(lname.name(), walk) {
@@ -181,8 +195,17 @@ impl Pipeline {
                 },
                 f => f,
             };
-            if let Some(end) = self.step(msg, query, &cand, found, entry, &mut cname_ttl, Instant::now(), transport, out)
-            {
+            if let Some(end) = self.step(
+                msg,
+                query,
+                &cand,
+                found,
+                entry,
+                &mut cname_ttl,
+                Instant::now(),
+                transport,
+                out,
+            ) {
                 return end;
             }
         }
@@ -243,7 +266,9 @@ impl Pipeline {
                 Some(WalkEnd::NotFound)
             }
             Found::Data | Found::NoData => {
-                let Ok(target) = Name::from_bytes(cand.name()) else { return Some(WalkEnd::NotFound) };
+                let Ok(target) = Name::from_bytes(cand.name()) else {
+                    return Some(WalkEnd::NotFound);
+                };
                 let limit = self.limit(query, transport);
                 let written = match (&entry, found) {
                     (Some(e), Found::Data) => {
@@ -260,7 +285,9 @@ impl Pipeline {
                 // The question is in our zone: the CNAME is ours to vouch for.
                 wire::set_authoritative(out);
                 self.count_walk(Some(cand.place));
-                Some(WalkEnd::Answered { rcode: wire::RCODE_NOERROR })
+                Some(WalkEnd::Answered {
+                    rcode: wire::RCODE_NOERROR,
+                })
             }
         }
     }

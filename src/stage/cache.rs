@@ -413,7 +413,11 @@ impl Entry {
         m.metadata.recursion_available = true;
         m.metadata.response_code = stored.metadata.response_code;
         m.add_query(HQuery::query(qname.clone(), RecordType::from(query.qtype)));
-        let cname = Record::from_rdata(qname, cname_ttl, RData::CNAME(hickory_proto::rr::rdata::CNAME(target.clone())));
+        let cname = Record::from_rdata(
+            qname,
+            cname_ttl,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(target.clone())),
+        );
         m.add_answer(cname);
         m.add_answers(stored.answers.into_iter().map(decay));
         m.add_authorities(stored.authorities.into_iter().map(decay));

@@ -292,7 +292,10 @@ mod tests {
         let q = wire_name("web.shop.svc.cluster.local.default.svc.cluster.local");
         let w = s.first_query(&q).unwrap();
         let last = s.candidates(&q, w).last().unwrap();
-        assert_eq!((last.name(), last.place), (wire_name("web.shop.svc.cluster.local").as_slice(), Place::Cluster));
+        assert_eq!(
+            (last.name(), last.place),
+            (wire_name("web.shop.svc.cluster.local").as_slice(), Place::Cluster)
+        );
         assert_eq!(s.bare(&q, w).place, Place::Cluster);
         // Same bytes at the end, but not on a label boundary: still bare.
         let q = wire_name("xcluster.local.default.svc.cluster.local");
