@@ -263,15 +263,7 @@ impl Pipeline {
                     return Step::Miss(query, Route::ClusterFallback)
                 }
                 Outcome::NotSynced => {
-                    cache::write_empty(
-                        msg,
-                        &query,
-                        query.flags,
-                        wire::RCODE_SERVFAIL,
-                        false,
-                        self.edns_udp_size,
-                        out,
-                    );
+                    self.write_servfail(msg, &query, out);
                     return Step::Answered {
                         source: Source::Local,
                         rcode: wire::RCODE_SERVFAIL,
@@ -360,15 +352,7 @@ impl Pipeline {
         match self.authority.as_ref().map(|a| a.answer(&ask, out)) {
             Some(Outcome::Answered { rcode }) => (Source::Cluster, rcode),
             _ => {
-                cache::write_empty(
-                    msg,
-                    query,
-                    query.flags,
-                    wire::RCODE_SERVFAIL,
-                    false,
-                    self.edns_udp_size,
-                    out,
-                );
+                self.write_servfail(msg, query, out);
                 (Source::Cluster, wire::RCODE_SERVFAIL)
             }
         }
@@ -429,8 +413,8 @@ impl Pipeline {
         self.inflight.clone().try_acquire_owned().ok()
     }
 
-    /// The answer when the miss path is full: SERVFAIL, at once.
-    pub fn write_overloaded(&self, msg: &[u8], query: &Query, out: &mut Vec<u8>) {
+    /// SERVFAIL with the question echoed: when the miss path is full, or resolution failed.
+    pub fn write_servfail(&self, msg: &[u8], query: &Query, out: &mut Vec<u8>) {
         cache::write_empty(
             msg,
             query,
@@ -494,15 +478,7 @@ impl Pipeline {
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         let servfail = |out: &mut Vec<u8>| {
-            cache::write_empty(
-                msg,
-                query,
-                query.flags,
-                wire::RCODE_SERVFAIL,
-                false,
-                self.edns_udp_size,
-                out,
-            );
+            self.write_servfail(msg, query, out);
             (Source::Cluster, wire::RCODE_SERVFAIL)
         };
         let Ok(target_name) = Name::from_bytes(target) else {
@@ -752,15 +728,7 @@ impl Pipeline {
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         let servfail = |out: &mut Vec<u8>| {
-            cache::write_empty(
-                msg,
-                query,
-                query.flags,
-                wire::RCODE_SERVFAIL,
-                false,
-                self.edns_udp_size,
-                out,
-            );
+            self.write_servfail(msg, query, out);
             (Source::Upstream, wire::RCODE_SERVFAIL)
         };
         // The question name was checked by the guard; hickory re-reads it for the upstream query.

@@ -178,7 +178,7 @@ async fn connection(
                         .await
                 }
                 None => {
-                    pipeline.write_overloaded(&msg, &query, &mut out);
+                    pipeline.write_servfail(&msg, &query, &mut out);
                     pipeline.metrics().drop(Drop::Overload);
                     (Source::Local, crate::wire::RCODE_SERVFAIL)
                 }

@@ -301,7 +301,7 @@ impl Worker {
         let pipeline = &self.pipeline;
         let Some(permit) = pipeline.admit() else {
             // The miss path is full: answer SERVFAIL now rather than queue without bound.
-            pipeline.write_overloaded(msg, &query, out);
+            pipeline.write_servfail(msg, &query, out);
             send_to(&self.socket, out, src);
             self.metrics.drop(Drop::Overload);
             self.metrics.response(Source::Local, crate::wire::RCODE_SERVFAIL, 0.0);
