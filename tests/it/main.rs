@@ -13,6 +13,7 @@ mod glibc;
 mod guard;
 mod hub;
 mod node_iface;
+mod observability;
 mod protection;
 mod shortcut;
 mod smoke;
