@@ -148,16 +148,13 @@ impl Pipeline {
                 Probe::Known(f, e) => (f, e),
                 Probe::Fetch => return WalkEnd::NeedFetch,
             };
-            let found = match found {
-                Found::NoData => match other_address_type(query.qtype) {
-                    Some(other) => match self.probe(&cand, other, query, now) {
-                        Probe::Known(Found::Data, _) => Found::NoData,
-                        Probe::Known(_, _) => Found::Unknown,
-                        Probe::Fetch => return WalkEnd::NeedFetch,
-                    },
-                    None => Found::Unknown,
+            let found = match (found, other_address_type(query.qtype)) {
+                (Found::NoData, Some(other)) => match self.probe(&cand, other, query, now) {
+                    Probe::Known(f, _) => Found::settle_nodata(Some(f)),
+                    Probe::Fetch => return WalkEnd::NeedFetch,
                 },
-                f => f,
+                (Found::NoData, None) => Found::settle_nodata(None),
+                (f, _) => f,
             };
             match self.step(msg, query, &cand, found, entry, &mut cname_ttl, now, transport, out) {
                 Some(end) => return end,
@@ -185,15 +182,12 @@ impl Pipeline {
         let mut cname_ttl = self.negative_ttl();
         for cand in search.candidates(lname.name(), walk) {
             let (found, entry) = self.probe_fetching(&cand, query.qtype, query, client).await;
-            let found = match found {
-                Found::NoData => match other_address_type(query.qtype) {
-                    Some(other) => match self.probe_fetching(&cand, other, query, client).await.0 {
-                        Found::Data => Found::NoData,
-                        _ => Found::Unknown,
-                    },
-                    None => Found::Unknown,
-                },
-                f => f,
+            let found = match (found, other_address_type(query.qtype)) {
+                (Found::NoData, Some(other)) => {
+                    Found::settle_nodata(Some(self.probe_fetching(&cand, other, query, client).await.0))
+                }
+                (Found::NoData, None) => Found::settle_nodata(None),
+                (f, _) => f,
             };
             if let Some(end) = self.step(
                 msg,

@@ -221,6 +221,20 @@ pub enum Found {
     Unknown,
 }
 
+impl Found {
+    /// The stop rule for a candidate that exists without data for the asked
+    /// type, given what the other address type found (None: the asked type
+    /// is not A or AAAA). glibc asks A and AAAA together and stops where
+    /// either has data; anywhere else the walk gives up and the client's own
+    /// search goes on.
+    pub fn settle_nodata(other: Option<Found>) -> Found {
+        match other {
+            Some(Found::Data) => Found::NoData,
+            _ => Found::Unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
