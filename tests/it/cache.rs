@@ -10,7 +10,7 @@ use hickory_proto::rr::{RData, RecordType};
 use tokio::net::UdpSocket;
 
 use crate::support::server::{config, Nodens};
-use crate::support::upstream::{build_query, udp_exchange, FakeUpstream, ZoneSpec};
+use crate::support::upstream::{a_addrs, build_query, udp_exchange, FakeUpstream, ZoneSpec};
 
 const T: Duration = Duration::from_secs(2);
 const WWW_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -23,16 +23,6 @@ async fn ask(nodens: &Nodens, name: &str, rtype: RecordType, edns: Option<u16>) 
     assert_eq!(r.metadata.id, q.metadata.id, "ID echoed for {name} {rtype}");
     assert_eq!(r.queries, q.queries, "question echoed for {name} {rtype}");
     r
-}
-
-fn a_addrs(m: &Message) -> Vec<Ipv4Addr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
 }
 
 /// (TTL, MINIMUM) of the SOA in the authority section.

@@ -11,26 +11,16 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 
 use crate::support::server::{config, http_get, metric, Nodens};
-use crate::support::upstream::{build_query, udp_exchange, FakeUpstream, Fault, ZoneSpec};
+use crate::support::upstream::{a_addrs, build_query, udp_exchange, FakeUpstream, Fault, ZoneSpec};
 
 const T: Duration = Duration::from_secs(3);
 /// A second loopback source, for a client that is not 127.0.0.1.
 const FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const GOOD: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn a_addrs(m: &Message) -> Vec<Ipv4Addr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The Extended DNS Error of an answer (RFC 8914): info-code and extra text.
 fn ede(m: &Message) -> Option<(u16, String)> {

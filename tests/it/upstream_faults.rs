@@ -7,23 +7,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 
 use crate::support::server::{config, Nodens};
-use crate::support::upstream::{build_query, udp_exchange, FakeUpstream, Fault, BOGUS_V4};
+use crate::support::upstream::{a_addrs, build_query, udp_exchange, FakeUpstream, Fault, BOGUS_V4};
 
 const T: Duration = Duration::from_secs(3);
 const WWW_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-
-fn a_addrs(m: &Message) -> Vec<Ipv4Addr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
-}
 
 async fn ask(dns: SocketAddr, name: &str, rtype: RecordType) -> Message {
     let q = build_query(name, rtype, Some(1232));

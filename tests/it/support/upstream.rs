@@ -827,6 +827,18 @@ pub async fn udp_exchange(addr: SocketAddr, query: &Message, timeout: Duration) 
 
 /// Sends `query` over a new TCP connection and returns the response, or
 /// `None` after `timeout`.
+/// The IPv4 addresses in an answer section.
+pub fn a_addrs(message: &Message) -> Vec<Ipv4Addr> {
+    message
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
 pub async fn tcp_exchange(addr: SocketAddr, query: &Message, timeout: Duration) -> Option<Message> {
     tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
@@ -853,17 +865,6 @@ mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(2);
-
-    fn a_addrs(message: &Message) -> Vec<Ipv4Addr> {
-        message
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .collect()
-    }
 
     fn soa_of(message: &Message) -> (u32, u32) {
         let record = message
