@@ -37,17 +37,17 @@ SERVERS=${SERVERS:-"canned nodens unbound"}
 CANNED_THREADS=${CANNED_THREADS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 
-ADDR=127.0.0.1 # never send traffic anywhere else
 EXPECT=192.0.2.1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OUT_DIR="$ROOT/target/dnsperf"
 NODENS_BIN="$ROOT/target/release/nodens"
 CANNED_BIN="$ROOT/target/release/examples/canned_responder"
-CLK_TCK=$(getconf CLK_TCK)
 
-log() { printf '[run.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# log, die, port_free, pick_port (from BASE_PORT), cpu_ticks: shared with benches/compare.sh.
+LOG_TAG=run.sh
+# shellcheck source=../compare/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../compare/lib.sh"
 
 for tool in dnsperf dig ss awk sort; do
     command -v "$tool" >/dev/null || die "$tool not found"
@@ -97,23 +97,6 @@ fi
 [[ -x $CANNED_BIN ]] || die "$CANNED_BIN missing"
 
 # ---------------------------------------------------------------- helpers
-
-port_free() { [[ -z $(ss -Hlnu "sport = :$1") && -z $(ss -Hlnt "sport = :$1") ]]; }
-
-next_port=$BASE_PORT
-pick_port() { # sets PICKED (no subshell, so next_port advances)
-    while ! port_free "$next_port"; do next_port=$((next_port + 1)); done
-    PICKED=$next_port
-    next_port=$((next_port + 1))
-}
-
-# utime+stime (clock ticks) of a whole process, all threads, live and exited.
-cpu_ticks() {
-    local stat
-    stat=$(<"/proc/$1/stat") || return 1
-    stat=${stat##*) } # comm may contain spaces; fields restart at "state"
-    awk '{ print $12 + $13 }' <<<"$stat"
-}
 
 answers() { # port -> 0 if the server returns the canned address
     local got
