@@ -3,7 +3,8 @@
 //!
 //! Owns: the dummy interface holding the link-local listen address (`iface`,
 //! netlink), the conntrack bypass for DNS to and from it (`notrack`, one
-//! nftables table or one iptables chain per hook, owned by nodens), and the
+//! nftables table or one iptables chain per hook, owned by nodens; the table
+//! is written over NETLINK_NETFILTER by `nftnl`, with no `nft` binary), and the
 //! per-process admin endpoint that the kubelet's probes use while two agents
 //! share the node's network namespace during a rolling update (`admin`), and
 //! the late join of a starting agent's sockets to their port groups
@@ -20,6 +21,7 @@
 pub mod admin;
 pub mod handover;
 pub mod iface;
+pub mod nftnl;
 pub mod notrack;
 
 use std::net::IpAddr;
@@ -31,6 +33,9 @@ use crate::config::{Config, NodeConfig};
 pub enum NodeError {
     #[error("netlink: {op}: {source}")]
     Netlink { op: String, source: std::io::Error },
+    /// A NETLINK_NETFILTER request (`nftnl`): which message, the kernel's errno.
+    #[error("nftables: {op}: {source}")]
+    Nftables { op: String, source: std::io::Error },
     #[error("{tool}: {message}")]
     Firewall { tool: &'static str, message: String },
 }

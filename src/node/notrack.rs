@@ -3,15 +3,18 @@
 //! tracking, so UDP DNS cannot hit the conntrack insertion races (the 5 s
 //! timeouts of kubernetes#56903) or fill the conntrack table.
 //!
-//! Owns: one nftables table, `table inet nodens`, replaced whole in one
-//! transaction (add-empty, delete, create: the nft idiom for "exactly one
-//! copy"), so a setup run twice, or by two agents at once, leaves one set of
-//! rules (NodeLocal's duplicate rules, dns#292/#568), and teardown is one
-//! `delete table`. Where `nft` is missing, the iptables fallback keeps the
-//! same shape: chains `NODENS-*` in the raw and filter tables, refilled with
-//! `iptables-restore --noflush` (one lock per table, `-w` waits for the xtables
-//! lock instead of failing, dns#643), and one jump from each built-in chain,
-//! checked before it is added and de-duplicated after.
+//! Owns: which rules exist (`rules`), and one nftables table, `table inet
+//! nodens`, replaced whole in one transaction (add-empty, delete, create: the
+//! nft idiom for "exactly one copy"), so a setup run twice, or by two agents
+//! at once, leaves one set of rules (NodeLocal's duplicate rules,
+//! dns#292/#568), and teardown is one `delete table`. nodens sends that
+//! transaction itself over NETLINK_NETFILTER (`super::nftnl`): no `nft`
+//! binary, no child process. Where the kernel has no nf_tables, the iptables
+//! fallback keeps the same shape: chains `NODENS-*` in the raw and filter
+//! tables, refilled with `iptables-restore --noflush` (one lock per table,
+//! `-w` waits for the xtables lock instead of failing, dns#643), and one jump
+//! from each built-in chain, checked before it is added and de-duplicated
+//! after.
 //! Must not: touch any table, chain or rule it did not create.
 //!
 //! The rules (per listen address A and port P, as NodeLocal's): raw
@@ -22,59 +25,86 @@
 //! tracked (ESTABLISHED) traffic in; an nftables accept cannot override
 //! another table's drop, so with nftables such a firewall needs its own rule.
 //!
-//! The tools are run as child processes. A non-root agent holds
-//! CAP_NET_ADMIN as a file capability, which execve would drop for `nft`;
-//! the child raises it as an ambient capability first.
+//! The iptables tools are run as child processes. A non-root agent holds
+//! CAP_NET_ADMIN as a file capability, which execve would drop; the child
+//! raises it as an ambient capability first. The distroless image has no
+//! iptables: there the fallback reports that `iptables` cannot be run.
 
-use std::io::Write;
+use std::fmt;
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+use super::nftnl::{self, Base, BaseChain, ChainHook, Expr, MetaKind};
 use super::NodeError;
 use crate::config::NotrackMode;
 
-/// The nftables table nodens owns.
+/// The nftables table nodens owns (family inet).
 pub const NFT_TABLE: &str = "nodens";
 /// Prefix of the iptables chains nodens owns.
 const CHAIN_PREFIX: &str = "NODENS-";
 /// Seconds iptables waits for the xtables lock.
 const XTABLES_WAIT: &str = "5";
+/// `priority raw` (NF_IP_PRI_RAW): before conntrack (-200) looks at the packet.
+const PRIORITY_RAW: i32 = -300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// The kernel's nf_tables, programmed over netlink.
     Nftables,
+    /// The `iptables`/`ip6tables` tools, run as children.
     Iptables,
 }
 
 impl Backend {
-    /// The backend for `mode`: `auto` prefers nftables. None for `off`.
+    /// The backend for `mode`: `auto` prefers nftables whenever the kernel
+    /// answers nf_tables requests. None for `off`.
     pub fn choose(mode: NotrackMode) -> Result<Option<Backend>, NodeError> {
-        let missing = |tool: &'static str| NodeError::Firewall {
-            tool,
-            message: format!("`{tool}` cannot be run; install it or set node.notrack = \"off\""),
-        };
         match mode {
             NotrackMode::Off => Ok(None),
-            NotrackMode::Nftables if runs("nft") => Ok(Some(Backend::Nftables)),
-            NotrackMode::Nftables => Err(missing("nft")),
-            NotrackMode::Iptables if runs("iptables") => Ok(Some(Backend::Iptables)),
-            NotrackMode::Iptables => Err(missing("iptables")),
-            NotrackMode::Auto => Backend::available()
-                .into_iter()
-                .next()
-                .map(Some)
-                .ok_or(NodeError::Firewall {
-                    tool: "nft",
-                    message: "neither `nft` nor `iptables` can be run; install nftables or set node.notrack = \"off\""
-                        .into(),
+            NotrackMode::Nftables => match nftnl::probe() {
+                Ok(()) => Ok(Some(Backend::Nftables)),
+                Err(source) => Err(NodeError::Nftables {
+                    op: "node.notrack = \"nftables\": the kernel's nf_tables does not answer NFT_MSG_GETGEN".into(),
+                    source,
                 }),
+            },
+            NotrackMode::Iptables if runs("iptables") => Ok(Some(Backend::Iptables)),
+            NotrackMode::Iptables => Err(NodeError::Firewall {
+                tool: "node.notrack",
+                message: "\"iptables\" is set, but `iptables` cannot be run (not installed; the distroless \
+                          image has none); set node.notrack = \"nftables\" (the kernel's nf_tables, no binary \
+                          needed) or \"off\""
+                    .into(),
+            }),
+            NotrackMode::Auto => match nftnl::probe() {
+                Ok(()) => Ok(Some(Backend::Nftables)),
+                // iptables would need the same capability: say so now.
+                Err(source) if source.kind() == io::ErrorKind::PermissionDenied => Err(NodeError::Nftables {
+                    op: "node.notrack = \"auto\": NFT_MSG_GETGEN (the agent needs CAP_NET_ADMIN)".into(),
+                    source,
+                }),
+                Err(e) if runs("iptables") => {
+                    tracing::info!(error = %e, "no nf_tables here: NOTRACK rules through iptables");
+                    Ok(Some(Backend::Iptables))
+                }
+                Err(e) => Err(NodeError::Firewall {
+                    tool: "node.notrack",
+                    message: format!(
+                        "\"auto\": the kernel's nf_tables does not answer ({e}) and `iptables` cannot be run \
+                         (the distroless image has none); run on a kernel with nf_tables or set \
+                         node.notrack = \"off\""
+                    ),
+                }),
+            },
         }
     }
 
-    /// The backends whose tools can be run here, nftables first.
+    /// The backends usable here, nftables first (for teardown: remove what
+    /// either may have installed).
     pub fn available() -> Vec<Backend> {
         let mut out = Vec::new();
-        if runs("nft") {
+        if nftnl::probe().is_ok() {
             out.push(Backend::Nftables);
         }
         if runs("iptables") {
@@ -87,7 +117,7 @@ impl Backend {
 /// Installs the rules for `targets`, replacing whatever nodens had installed.
 pub fn install(backend: Backend, targets: &[(IpAddr, u16)]) -> Result<(), NodeError> {
     match backend {
-        Backend::Nftables => run("nft", &["-f", "-"], Some(&nft_script(targets))).map(drop),
+        Backend::Nftables => nft_batch(&rules(targets)).commit(),
         Backend::Iptables => {
             for family in [Family::V4, Family::V6] {
                 let mine: Vec<_> = targets.iter().copied().filter(|(ip, _)| family.holds(ip)).collect();
@@ -104,8 +134,11 @@ pub fn install(backend: Backend, targets: &[(IpAddr, u16)]) -> Result<(), NodeEr
 pub fn remove(backend: Backend) -> Result<(), NodeError> {
     match backend {
         Backend::Nftables => {
-            let script = format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n");
-            run("nft", &["-f", "-"], Some(&script)).map(drop)
+            // Create-if-missing first, so the delete never meets "no such table".
+            let mut batch = nftnl::Batch::new();
+            batch.add_table(NFT_TABLE);
+            batch.delete_table(NFT_TABLE);
+            batch.commit()
         }
         Backend::Iptables => {
             for family in [Family::V4, Family::V6] {
@@ -118,29 +151,21 @@ pub fn remove(backend: Backend) -> Result<(), NodeError> {
     }
 }
 
-/// The nodens rules as the backend lists them (one rule per line, for
-/// tests and operators); empty if none are installed.
+/// The nodens rules as the backend holds them, one per line (for tests and
+/// operators); empty if none are installed. nftables: `CHAIN: RULE` in nft's
+/// syntax, read back from the kernel over netlink.
 pub fn list(backend: Backend) -> Result<Vec<String>, NodeError> {
     match backend {
-        Backend::Nftables => {
-            let listed = run("nft", &["list", "table", "inet", NFT_TABLE], None);
-            let text = match listed {
-                Ok(text) => text,
-                // "No such file or directory": the table is not there.
-                Err(NodeError::Firewall { message, .. }) if message.contains("No such file") => String::new(),
-                Err(e) => return Err(e),
-            };
-            let mut chain = "";
-            let mut rules = Vec::new();
-            for line in text.lines().map(str::trim) {
-                if let Some(name) = line.strip_prefix("chain ") {
-                    chain = name.trim_end_matches(" {");
-                } else if line.contains("notrack") {
-                    rules.push(format!("{chain}: {line}"));
+        Backend::Nftables => Ok(nftnl::dump_rules(NFT_TABLE)?
+            .into_iter()
+            .map(|(chain, exprs)| match Rule::from_exprs(&chain, &exprs) {
+                Some(rule) => format!("{chain}: {rule}"),
+                None => {
+                    let names: Vec<String> = exprs.iter().map(|e| format!("{e:?}")).collect();
+                    format!("{chain}: (not a nodens rule) {}", names.join(", "))
                 }
-            }
-            Ok(rules)
-        }
+            })
+            .collect()),
         Backend::Iptables => {
             let mut out = Vec::new();
             for family in [Family::V4, Family::V6] {
@@ -162,28 +187,197 @@ pub fn list(backend: Backend) -> Result<Vec<String>, NodeError> {
     }
 }
 
-/// One transaction: create-if-missing, delete, create. Applied atomically by
-/// nft, so the rules are never absent and never doubled.
-pub fn nft_script(targets: &[(IpAddr, u16)]) -> String {
-    let mut pre = String::new();
-    let mut out = String::new();
-    for &(ip, port) in targets {
-        let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
-        for proto in ["udp", "tcp"] {
-            pre.push_str(&format!("\t\t{fam} daddr {ip} {proto} dport {port} notrack\n"));
-            out.push_str(&format!("\t\t{fam} saddr {ip} {proto} sport {port} notrack\n"));
-            out.push_str(&format!("\t\t{fam} daddr {ip} {proto} dport {port} notrack\n"));
+/// The two base chains of `inet nodens`, at raw priority so they run before
+/// conntrack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    Prerouting,
+    Output,
+}
+
+impl Chain {
+    pub fn name(self) -> &'static str {
+        self.base().name
+    }
+
+    fn base(self) -> BaseChain {
+        match self {
+            Chain::Prerouting => BaseChain {
+                name: "prerouting",
+                hook: ChainHook::Prerouting,
+                priority: PRIORITY_RAW,
+            },
+            Chain::Output => BaseChain {
+                name: "output",
+                hook: ChainHook::Output,
+                priority: PRIORITY_RAW,
+            },
         }
     }
-    format!(
-        "table inet {t} {{}}\n\
-         delete table inet {t}\n\
-         table inet {t} {{\n\
-         \tchain prerouting {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\
-         \tchain output {{\n\t\ttype filter hook output priority raw; policy accept;\n{out}\t}}\n\
-         }}\n",
-        t = NFT_TABLE
-    )
+}
+
+/// Which end of the packet a rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// `saddr A sport P`
+    Source,
+    /// `daddr A dport P`
+    Destination,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Udp => libc::IPPROTO_UDP as u8,
+            Proto::Tcp => libc::IPPROTO_TCP as u8,
+        }
+    }
+}
+
+/// One NOTRACK rule: `ip daddr A udp dport P notrack` and its kin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: Chain,
+    pub side: Side,
+    pub addr: IpAddr,
+    pub proto: Proto,
+    pub port: u16,
+}
+
+/// The rules for `targets`: prerouting, then output; in each, target by
+/// target, UDP then TCP (in output, `saddr` then `daddr`).
+pub fn rules(targets: &[(IpAddr, u16)]) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (chain, sides) in [
+        (Chain::Prerouting, &[Side::Destination][..]),
+        (Chain::Output, &[Side::Source, Side::Destination][..]),
+    ] {
+        for &(addr, port) in targets {
+            for proto in [Proto::Udp, Proto::Tcp] {
+                for &side in sides {
+                    out.push(Rule {
+                        chain,
+                        side,
+                        addr,
+                        proto,
+                        port,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Rule {
+    /// What nft compiles this rule to in an inet table (`nft --debug=netlink`):
+    /// check the family, then load and compare the address, the protocol and
+    /// the port, then notrack.
+    pub fn exprs(&self) -> Vec<Expr> {
+        let (nfproto, addr_offset, addr_len) = match (self.addr, self.side) {
+            (IpAddr::V4(_), Side::Source) => (libc::NFPROTO_IPV4, 12, 4),
+            (IpAddr::V4(_), Side::Destination) => (libc::NFPROTO_IPV4, 16, 4),
+            (IpAddr::V6(_), Side::Source) => (libc::NFPROTO_IPV6, 8, 16),
+            (IpAddr::V6(_), Side::Destination) => (libc::NFPROTO_IPV6, 24, 16),
+        };
+        // sport and dport are the first two 16-bit fields of both UDP and TCP.
+        let port_offset = match self.side {
+            Side::Source => 0,
+            Side::Destination => 2,
+        };
+        vec![
+            Expr::Meta(MetaKind::Nfproto),
+            Expr::CmpEq(vec![nfproto as u8]),
+            Expr::Payload {
+                base: Base::Network,
+                offset: addr_offset,
+                len: addr_len,
+            },
+            Expr::CmpEq(nftnl::address_bytes(self.addr)),
+            Expr::Meta(MetaKind::L4proto),
+            Expr::CmpEq(vec![self.proto.number()]),
+            Expr::Payload {
+                base: Base::Transport,
+                offset: port_offset,
+                len: 2,
+            },
+            Expr::CmpEq(self.port.to_be_bytes().to_vec()),
+            Expr::Notrack,
+        ]
+    }
+
+    /// The rule whose `exprs` are exactly `exprs`, in chain `chain`, if any.
+    pub fn from_exprs(chain: &str, exprs: &[Expr]) -> Option<Rule> {
+        let chain = [Chain::Prerouting, Chain::Output]
+            .into_iter()
+            .find(|c| c.name() == chain)?;
+        let Some(Expr::CmpEq(addr)) = exprs.get(3) else {
+            return None;
+        };
+        let addr = match addr.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(addr.as_slice()).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(addr.as_slice()).ok()?),
+            _ => return None,
+        };
+        let Some(Expr::CmpEq(port)) = exprs.get(7) else {
+            return None;
+        };
+        let port = u16::from_be_bytes(port.as_slice().try_into().ok()?);
+        for side in [Side::Source, Side::Destination] {
+            for proto in [Proto::Udp, Proto::Tcp] {
+                let rule = Rule {
+                    chain,
+                    side,
+                    addr,
+                    proto,
+                    port,
+                };
+                if rule.exprs() == exprs {
+                    return Some(rule);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// nft's syntax, without the chain: `ip daddr 169.254.20.10 udp dport 53 notrack`.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = if self.addr.is_ipv4() { "ip" } else { "ip6" };
+        let (addr, port) = match self.side {
+            Side::Source => ("saddr", "sport"),
+            Side::Destination => ("daddr", "dport"),
+        };
+        let proto = match self.proto {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
+        };
+        write!(f, "{family} {addr} {} {proto} {port} {} notrack", self.addr, self.port)
+    }
+}
+
+/// One transaction: create-if-missing, delete, create with both chains and
+/// every rule. The kernel applies it atomically, so the rules are never
+/// absent and never doubled.
+fn nft_batch(rules: &[Rule]) -> nftnl::Batch {
+    let mut batch = nftnl::Batch::new();
+    batch.add_table(NFT_TABLE);
+    batch.delete_table(NFT_TABLE);
+    batch.add_table(NFT_TABLE);
+    for chain in [Chain::Prerouting, Chain::Output] {
+        batch.add_chain(NFT_TABLE, &chain.base());
+    }
+    for rule in rules {
+        batch.add_rule(NFT_TABLE, rule.chain.name(), &rule.exprs(), &rule.to_string());
+    }
+    batch
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,7 +501,14 @@ fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String,
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot start: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::NotFound {
+            " (not installed; the distroless image has none: set node.notrack = \"nftables\" or \"off\")"
+        } else {
+            ""
+        };
+        fail(format!("cannot start: {e}{hint}"))
+    })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .map_err(|e| fail(format!("writing its input: {e}")))?;
@@ -384,19 +585,143 @@ fn keep_net_admin_across_exec() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn nft_script_replaces_one_table() {
-        let s = nft_script(&[
+    fn targets() -> Vec<(IpAddr, u16)> {
+        vec![
             ("169.254.20.10".parse().unwrap(), 53),
             ("fd00::10".parse().unwrap(), 53),
-        ]);
-        assert!(
-            s.starts_with("table inet nodens {}\ndelete table inet nodens\ntable inet nodens {"),
-            "{s}"
+        ]
+    }
+
+    #[test]
+    fn the_rule_set_is_nodelocals() {
+        let listed: Vec<String> = rules(&targets())
+            .iter()
+            .map(|r| format!("{}: {r}", r.chain.name()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "prerouting: ip daddr 169.254.20.10 udp dport 53 notrack",
+                "prerouting: ip daddr 169.254.20.10 tcp dport 53 notrack",
+                "prerouting: ip6 daddr fd00::10 udp dport 53 notrack",
+                "prerouting: ip6 daddr fd00::10 tcp dport 53 notrack",
+                "output: ip saddr 169.254.20.10 udp sport 53 notrack",
+                "output: ip daddr 169.254.20.10 udp dport 53 notrack",
+                "output: ip saddr 169.254.20.10 tcp sport 53 notrack",
+                "output: ip daddr 169.254.20.10 tcp dport 53 notrack",
+                "output: ip6 saddr fd00::10 udp sport 53 notrack",
+                "output: ip6 daddr fd00::10 udp dport 53 notrack",
+                "output: ip6 saddr fd00::10 tcp sport 53 notrack",
+                "output: ip6 daddr fd00::10 tcp dport 53 notrack",
+            ]
         );
-        assert_eq!(s.matches("notrack").count(), 12, "{s}");
-        assert!(s.contains("ip daddr 169.254.20.10 udp dport 53 notrack"), "{s}");
-        assert!(s.contains("ip6 saddr fd00::10 tcp sport 53 notrack"), "{s}");
-        assert!(s.contains("hook prerouting priority raw"), "{s}");
+    }
+
+    /// The expressions `nft --debug=netlink` shows for these rules in an inet table.
+    #[test]
+    fn rules_compile_to_nfts_expressions() {
+        let v6_daddr_tcp = Rule {
+            chain: Chain::Prerouting,
+            side: Side::Destination,
+            addr: "fd00:53::10".parse().unwrap(),
+            proto: Proto::Tcp,
+            port: 53,
+        };
+        assert_eq!(
+            v6_daddr_tcp.exprs(),
+            vec![
+                Expr::Meta(MetaKind::Nfproto),
+                Expr::CmpEq(vec![10]),
+                Expr::Payload {
+                    base: Base::Network,
+                    offset: 24,
+                    len: 16
+                },
+                Expr::CmpEq(vec![0xfd, 0, 0, 0x53, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]),
+                Expr::Meta(MetaKind::L4proto),
+                Expr::CmpEq(vec![6]),
+                Expr::Payload {
+                    base: Base::Transport,
+                    offset: 2,
+                    len: 2
+                },
+                Expr::CmpEq(vec![0, 53]),
+                Expr::Notrack,
+            ]
+        );
+        let v4_saddr_udp = Rule {
+            chain: Chain::Output,
+            side: Side::Source,
+            addr: "169.254.20.10".parse().unwrap(),
+            proto: Proto::Udp,
+            port: 5353,
+        };
+        let exprs = v4_saddr_udp.exprs();
+        assert_eq!(exprs[1], Expr::CmpEq(vec![2]));
+        assert_eq!(
+            exprs[2],
+            Expr::Payload {
+                base: Base::Network,
+                offset: 12,
+                len: 4
+            }
+        );
+        assert_eq!(exprs[3], Expr::CmpEq(vec![169, 254, 20, 10]));
+        assert_eq!(exprs[5], Expr::CmpEq(vec![17]));
+        assert_eq!(
+            exprs[6],
+            Expr::Payload {
+                base: Base::Transport,
+                offset: 0,
+                len: 2
+            }
+        );
+        assert_eq!(exprs[7], Expr::CmpEq(vec![0x14, 0xe9]));
+    }
+
+    #[test]
+    fn rules_read_back_from_their_expressions_and_nothing_else() {
+        for rule in rules(&targets()) {
+            assert_eq!(Rule::from_exprs(rule.chain.name(), &rule.exprs()), Some(rule));
+        }
+        let rule = rules(&targets())[0];
+        assert_eq!(Rule::from_exprs("input", &rule.exprs()), None, "not our chain");
+        let mut other = rule.exprs();
+        other.pop();
+        assert_eq!(Rule::from_exprs("prerouting", &other), None, "no notrack");
+        let mut other = rule.exprs();
+        other[5] = Expr::CmpEq(vec![132]);
+        assert_eq!(Rule::from_exprs("prerouting", &other), None, "sctp");
+        assert_eq!(Rule::from_exprs("prerouting", &[Expr::Other("counter".into())]), None);
+    }
+
+    #[test]
+    fn the_transaction_replaces_one_table() {
+        let (bytes, names) = nft_batch(&rules(&targets())).encode(1);
+        let names: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names[..5],
+            [
+                "NEWTABLE inet nodens",
+                "DELTABLE inet nodens",
+                "NEWTABLE inet nodens",
+                "NEWCHAIN inet nodens prerouting",
+                "NEWCHAIN inet nodens output",
+            ]
+        );
+        assert_eq!(names.len(), 5 + 12);
+        assert_eq!(
+            names[5],
+            "NEWRULE inet nodens prerouting `ip daddr 169.254.20.10 udp dport 53 notrack`"
+        );
+        assert!(bytes.len() > 12 * 300, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn a_missing_iptables_names_the_setting() {
+        // Nothing by this name runs anywhere.
+        let e = run("nodens-no-such-tool", &[], None).unwrap_err().to_string();
+        assert!(e.contains("node.notrack"), "{e}");
+        assert!(e.contains("not installed"), "{e}");
     }
 }

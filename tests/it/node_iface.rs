@@ -1,14 +1,19 @@
 //! The node-local interface and the NOTRACK rules (src/node/), for real,
 //! inside a network namespace each test creates for itself (a thread that
 //! calls unshare(CLONE_NEWNET): network namespaces are per thread, and the
-//! netlink sockets and `nft`/`iptables` children it starts live in it). Where
-//! namespaces are not allowed the tests say so and pass without running.
+//! netlink sockets and the children it starts live in it). Where namespaces
+//! are not allowed the tests say so and pass without running.
+//!
+//! nodens programs nftables over netlink; where `nft` is installed (.ci/run
+//! installs it) the tests also read the table back with it, an independent
+//! reader, and require the same rules.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nodens::node::{iface, notrack};
+use nodens::config::NotrackMode;
+use nodens::node::{iface, nftnl, notrack};
 
 const IFACE: &str = "nodenstest0";
 
@@ -155,13 +160,220 @@ fn check_backend(backend: notrack::Backend) {
     }
 }
 
-#[test]
-fn nftables_rules_are_installed_once_and_removed() {
+/// What `nft list table inet nodens` shows (in this thread's namespace): each
+/// rule as `CHAIN: RULE`, and the whole text; None where `nft` is not
+/// installed, Some(empty) where the table does not exist.
+fn nft_listing() -> Option<(Vec<String>, String)> {
     if !tool_runs("nft") {
-        eprintln!("SKIPPED: `nft` is not installed (apt-get install nftables; .ci/run does)");
-        return;
+        return None;
     }
-    check_backend(notrack::Backend::Nftables);
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", notrack::NFT_TABLE])
+        .output()
+        .expect("nft runs");
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("No such file"), "nft list failed: {stderr}");
+        return Some((Vec::new(), String::new()));
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut chain = "";
+    let mut rules = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("chain ") {
+            chain = name.trim_end_matches(" {");
+        } else if !(line.is_empty() || line == "}" || line.starts_with("table ") || line.starts_with("type ")) {
+            rules.push(format!("{chain}: {line}"));
+        }
+    }
+    Some((rules, text))
+}
+
+/// The kernel's nodens rules, as nodens reads them over netlink and, where
+/// `nft` is installed, as nft lists them: the two must agree.
+fn kernel_rules() -> Vec<String> {
+    let ours = notrack::list(notrack::Backend::Nftables).expect("list over netlink");
+    if let Some((theirs, text)) = nft_listing() {
+        assert_eq!(ours, theirs, "nodens and nft read different rules:\n{text}");
+        if !theirs.is_empty() {
+            for hook in ["prerouting", "output"] {
+                let want = format!("type filter hook {hook} priority raw; policy accept;");
+                assert!(text.contains(&want), "no {hook} base chain at raw priority:\n{text}");
+            }
+        }
+    }
+    ours
+}
+
+/// The rules nodens means to install for `targets`, as listed.
+fn expected(targets: &[(IpAddr, u16)]) -> Vec<String> {
+    notrack::rules(targets)
+        .iter()
+        .map(|r| format!("{}: {r}", r.chain.name()))
+        .collect()
+}
+
+/// Whether this thread's namespace has nf_tables; prints why not (a kernel
+/// without the module) and None. A probe that fails where nf_tables is
+/// loaded is a failure, not a skip.
+fn nf_tables_here() -> Option<()> {
+    match notrack::Backend::choose(NotrackMode::Auto) {
+        Ok(Some(notrack::Backend::Nftables)) => Some(()),
+        other if !std::path::Path::new("/sys/module/nf_tables").exists() => {
+            eprintln!("SKIPPED: no nf_tables in this kernel ({other:?})");
+            None
+        }
+        other => panic!("nf_tables is loaded but `auto` chose {other:?}"),
+    }
+}
+
+#[test]
+fn nftables_rules_are_installed_once_replaced_and_removed() {
+    let ran = in_netns(|| {
+        Box::pin(async {
+            nf_tables_here()?;
+            let nft = notrack::Backend::Nftables;
+            assert!(kernel_rules().is_empty(), "a fresh namespace has no nodens table");
+
+            let targets = [(v4(), 53), (v6(), 53)];
+            notrack::install(nft, &targets).expect("first install");
+            let first = kernel_rules();
+            assert_eq!(first, expected(&targets));
+            // Per address: UDP and TCP × (prerouting daddr, output saddr, output daddr).
+            assert_eq!(
+                first.iter().filter(|r| r.ends_with(" notrack")).count(),
+                12,
+                "{first:#?}"
+            );
+            assert!(first
+                .iter()
+                .any(|r| r == "output: ip6 saddr fd00:53::10 tcp sport 53 notrack"));
+
+            // Again (a restarted agent): one copy, not two.
+            notrack::install(nft, &targets).expect("second install");
+            assert_eq!(kernel_rules(), first, "a second install changed the rules");
+
+            // Other targets replace the table's contents; nothing is appended.
+            let other = [(v4(), 5353)];
+            notrack::install(nft, &other).expect("install with other targets");
+            let replaced = kernel_rules();
+            assert_eq!(replaced, expected(&other));
+            assert_eq!(replaced.len(), 6, "{replaced:#?}");
+
+            notrack::remove(nft).expect("remove");
+            assert!(kernel_rules().is_empty(), "rules left after teardown");
+            if let Some((_, text)) = nft_listing() {
+                assert!(text.is_empty(), "the table is still there:\n{text}");
+            }
+            notrack::remove(nft).expect("removing twice is fine");
+            Some(())
+        })
+    });
+    if ran.flatten().is_some() {
+        eprintln!("nftables over netlink: installed, reinstalled as one copy, replaced, removed");
+    }
+}
+
+/// A transaction the kernel refuses fails whole, and the error names the
+/// message it refused and the kernel's reason.
+#[test]
+fn a_refused_transaction_changes_nothing_and_says_what_failed() {
+    let ran = in_netns(|| {
+        Box::pin(async {
+            nf_tables_here()?;
+            let mut batch = nftnl::Batch::new();
+            batch.add_table(notrack::NFT_TABLE);
+            let rule = notrack::rules(&[(v4(), 53)])[0];
+            batch.add_rule(
+                notrack::NFT_TABLE,
+                "nosuchchain",
+                &rule.exprs(),
+                "a rule without its chain",
+            );
+            let e = batch
+                .commit()
+                .expect_err("a rule in a chain that does not exist")
+                .to_string();
+            assert!(
+                e.starts_with("nftables: NEWRULE inet nodens nosuchchain `a rule without its chain`: "),
+                "{e}"
+            );
+            assert!(e.contains("No such file or directory"), "{e}");
+            // The table of the same batch was not created.
+            assert!(kernel_rules().is_empty());
+            if let Some((_, text)) = nft_listing() {
+                assert!(text.is_empty(), "half a transaction was applied:\n{text}");
+            }
+            Some(())
+        })
+    });
+    if ran.flatten().is_some() {
+        eprintln!("nftables: refused batch reported and not applied");
+    }
+}
+
+/// Clears CAP_NET_ADMIN from this thread's effective set (capabilities are
+/// per thread; the thread ends with the test).
+fn drop_net_admin_on_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as capget(2) specifies.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << 12); // CAP_NET_ADMIN
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+/// Without CAP_NET_ADMIN the kernel refuses the whole batch with one answer;
+/// the agent reports it at once (not after a timeout) and says what it needs.
+#[test]
+fn without_net_admin_the_error_says_so() {
+    let ran = in_netns(|| {
+        Box::pin(async {
+            nf_tables_here()?;
+            drop_net_admin_on_this_thread();
+            let e = notrack::Backend::choose(NotrackMode::Auto)
+                .expect_err("EPERM")
+                .to_string();
+            assert!(e.contains("CAP_NET_ADMIN") && e.contains("not permitted"), "{e}");
+            let started = std::time::Instant::now();
+            let e = notrack::install(notrack::Backend::Nftables, &[(v4(), 53)])
+                .expect_err("EPERM")
+                .to_string();
+            assert!(e.starts_with("nftables: the batch"), "{e}");
+            assert!(e.contains("Operation not permitted"), "{e}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "waited for ACKs that never come"
+            );
+            Some(())
+        })
+    });
+    if ran.flatten().is_some() {
+        eprintln!("nftables without CAP_NET_ADMIN: refused, reported");
+    }
 }
 
 #[test]
@@ -178,26 +390,29 @@ fn iptables_rules_are_installed_once_and_removed() {
 /// agent, and `nodens teardown` removes it.
 #[test]
 fn serve_sets_up_the_interface_and_teardown_removes_it() {
-    if !tool_runs("nft") {
-        eprintln!("SKIPPED: `nft` is not installed (apt-get install nftables; .ci/run does)");
-        return;
-    }
     in_netns(|| {
         Box::pin(async {
+            nf_tables_here()?;
             let dir = tempfile::tempdir().unwrap();
+            // The agent runs with an empty PATH: the nftables backend must
+            // need no binary (`auto` picks it by asking the kernel, not by
+            // finding `nft`), as in the distroless image.
+            let no_tools = dir.path().join("empty-path");
+            std::fs::create_dir(&no_tools).unwrap();
             let config = dir.path().join("nodens.toml");
             std::fs::write(
                 &config,
                 "listen = [\"169.254.20.10:53\"]\nadmin = \"169.254.20.10:9153\"\nallow = [\"169.254.0.0/16\"]\n\
                  workers = 1\n[upstream]\nservers = [\"169.254.20.10:9\"]\n[cluster]\nsource = \"demo\"\n\
-                 [node]\ninterface = \"nodenstest1\"\nnotrack = \"nftables\"\n",
+                 [node]\ninterface = \"nodenstest1\"\nnotrack = \"auto\"\n",
             )
             .unwrap();
             let bin = env!("CARGO_BIN_EXE_nodens");
             let child = Command::new(bin)
                 .args(["serve", "--setup-interface", "--config"])
                 .arg(&config)
-                .stdout(Stdio::null())
+                .env("PATH", &no_tools)
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
@@ -222,7 +437,8 @@ fn serve_sets_up_the_interface_and_teardown_removes_it() {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let out = child.wait_with_output().unwrap();
-            let log = String::from_utf8_lossy(&out.stderr);
+            // Logs go to stdout; errors before logging is set up to stderr.
+            let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
             assert!(answered, "no answer on 169.254.20.10:53; log:\n{log}");
             assert!(out.status.success(), "exit {}; log:\n{log}", out.status);
             // Kept on exit, for the next agent of a rolling update.
@@ -231,11 +447,13 @@ fn serve_sets_up_the_interface_and_teardown_removes_it() {
                 Some(vec![v4()]),
                 "{log}"
             );
-            assert_eq!(notrack::list(notrack::Backend::Nftables).unwrap().len(), 6);
+            assert!(log.contains("Nftables"), "not the nftables backend:\n{log}");
+            assert_eq!(kernel_rules(), expected(&[(v4(), 53)]), "{log}");
 
             let teardown = Command::new(bin)
                 .args(["teardown", "--config"])
                 .arg(&config)
+                .env("PATH", &no_tools)
                 .output()
                 .unwrap();
             assert!(
@@ -244,7 +462,8 @@ fn serve_sets_up_the_interface_and_teardown_removes_it() {
                 String::from_utf8_lossy(&teardown.stderr)
             );
             assert_eq!(iface::addresses("nodenstest1").await.unwrap(), None);
-            assert!(notrack::list(notrack::Backend::Nftables).unwrap().is_empty());
+            assert!(kernel_rules().is_empty(), "teardown left rules");
+            Some(())
         })
     });
 }
