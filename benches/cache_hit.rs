@@ -13,7 +13,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use nodens::metrics::Metrics;
-use nodens::pipeline::{Pipeline, Stages, Step, Transport};
+use nodens::pipeline::{Live, Pipeline, Stages, Step, Transport};
 use nodens::stage::cache::{Cache, Entry, Key, TtlLimits};
 use nodens::stage::guard::Acl;
 use nodens::stage::shaper::{Shaper, ShaperSettings};
@@ -54,12 +54,14 @@ fn pipeline() -> Pipeline {
         cache.insert(&Key::new(pq.qname(&q), pq.qtype, pq.qclass, false), Arc::new(entry));
     }
     let stages = Stages {
-        acl: Acl::new(vec!["127.0.0.0/8".parse().unwrap()]),
-        authority: None,
+        live: Live {
+            acl: Acl::new(vec!["127.0.0.0/8".parse().unwrap()]),
+            authority: None,
+            upstreams: Arc::new(upstreams),
+            cluster_fallback: None,
+            search: None,
+        },
         cache,
-        upstreams,
-        cluster_fallback: None,
-        search: None,
         // Never consulted: hits are not metered.
         shaper: Shaper::new(
             ShaperSettings {

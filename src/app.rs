@@ -15,14 +15,15 @@ use tokio::sync::watch;
 
 use crate::admin::{AdminError, Readiness};
 use crate::cluster::authority::{Authority, ZoneSettings};
-use crate::cluster::index::{new_index, IndexWriter};
+use crate::cluster::index::{new_index, IndexHandle, IndexWriter};
 use crate::cluster::source::{hub, kubernetes, static_file};
-use crate::config::{ClusterConfig, Config, ConfigError, PodsMode, SourceKind};
+use crate::config::{CacheConfig, ClusterConfig, Config, ConfigError, PodsMode, SourceKind, UpstreamConfig};
 use crate::front::{tcp, udp};
 use crate::metrics::ClusterMetrics;
 use crate::metrics::Metrics;
 use crate::node::admin::Admin;
-use crate::pipeline::{Pipeline, Stages};
+use crate::pipeline::{Live, Pipeline, Stages};
+use crate::reload::{ConfigSource, Reload, Reloader};
 use crate::stage::cache::{Cache, Freshness, TtlLimits};
 use crate::stage::guard::Acl;
 use crate::stage::shaper::{Shaper, ShaperSettings};
@@ -58,6 +59,8 @@ pub struct App {
     cluster: Option<IndexWriter>,
     /// A predecessor serves our addresses: take no traffic until ready.
     hold: bool,
+    /// Where reloads read the config (`reload_from`); unset: the config never changes.
+    source: Option<ConfigSource>,
 }
 
 impl App {
@@ -106,12 +109,7 @@ impl App {
         };
         let cache = Cache::with_freshness(
             c.max_bytes,
-            TtlLimits {
-                min_ttl: c.min_ttl,
-                max_ttl: c.max_ttl,
-                min_negative_ttl: c.min_negative_ttl,
-                max_negative_ttl: c.max_negative_ttl,
-            },
+            ttl_limits(c),
             Freshness {
                 stale_ttl: c.stale_ttl,
                 stale_answer_ttl: c.stale_answer_ttl,
@@ -120,69 +118,16 @@ impl App {
                 refresh_dropped: protection.prefetch_dropped.clone(),
             },
         );
-        let u = &config.upstream;
-        let shaper = Shaper::new(
-            ShaperSettings {
-                qps: u.qps,
-                burst: u.burst,
-                max_inflight: u.max_inflight,
-                per_client_qps: u.per_client_qps,
-                per_client_burst: u.per_client_burst,
-                queue_wait: u.queue_wait,
-                queue_size: u.queue_size,
-            },
-            protection.clone(),
-        );
-        let upstreams = Upstreams::new(
-            UpstreamSettings {
-                servers,
-                timeout: config.upstream.timeout,
-                edns_udp_size: config.edns_udp_size,
-            },
-            UpstreamMetrics {
-                requests: metrics.upstream_requests.clone(),
-            },
-        );
-        let k = &config.cluster;
-        let (cluster, authority) = if k.source == SourceKind::None {
-            (None, None)
-        } else {
-            let (writer, handle) = new_index();
-            let settings = ZoneSettings {
-                domain: k.domain.clone(),
-                service_ttl: k.service_ttl,
-                endpoint_ttl: k.endpoint_ttl,
-                negative_ttl: k.negative_ttl,
-                pods: k.pods == PodsMode::Insecure,
-                reverse_cidrs: k.reverse_cidrs.clone(),
-            };
-            (Some(writer), Some(Authority::new(settings, handle)))
+        let shaper = Shaper::new(shaper_settings(&config.upstream), protection.clone());
+        let index = match config.cluster.source {
+            SourceKind::None => None,
+            _ => Some(new_index()),
         };
-        let cluster_fallback = (!k.cluster_upstream.is_empty()).then(|| {
-            Upstreams::new(
-                UpstreamSettings {
-                    servers: k.cluster_upstream.clone(),
-                    timeout: config.upstream.timeout,
-                    edns_udp_size: config.edns_udp_size,
-                },
-                UpstreamMetrics {
-                    requests: metrics.upstream_requests.clone(),
-                },
-            )
-        });
-        let search = SearchPath::new(
-            config.search.shortcut,
-            config.search.ndots,
-            &config.cluster.domain,
-            &config.search_domains(),
-        );
+        let live = compose_live(&config, servers, &metrics, index.as_ref().map(|(_, h)| h), None);
+        let cluster = index.map(|(writer, _)| writer);
         let stages = Stages {
-            acl: Acl::new(config.allow.clone()),
-            authority,
+            live,
             cache,
-            upstreams,
-            cluster_fallback,
-            search: Some(search),
             shaper,
             refreshes,
         };
@@ -202,7 +147,15 @@ impl App {
             readiness,
             cluster,
             hold,
+            source: None,
         })
+    }
+
+    /// Reloads (SIGHUP, `Running::reload`, a changed file) read `source`:
+    /// the file and command-line overrides `config` was built from.
+    pub fn reload_from(mut self, source: ConfigSource) -> App {
+        self.source = Some(source);
+        self
     }
 
     /// The bound DNS addresses, one per `listen` entry (UDP and TCP share it).
@@ -271,12 +224,15 @@ impl App {
             }));
         }
         let gauges = tokio::spawn(publish_cache_gauges(self.pipeline.clone(), shutdown_rx.clone()));
+        let source = self.source.unwrap_or_else(|| ConfigSource::fixed(self.config.clone()));
+        let reloader = Arc::new(Reloader::new(source, self.pipeline.clone(), self.config.clone()));
+        let config_watch = tokio::spawn(reloader.clone().watch(shutdown_rx.clone()));
         self.pipeline.start_background();
         tokio::spawn(self.pipeline.clone().run_refreshes(shutdown_rx.clone()));
         let mut source = None;
         let mut live = None;
-        match (self.cluster, self.pipeline.authority()) {
-            (Some(writer), Some(authority)) => {
+        match (self.cluster, self.pipeline.index()) {
+            (Some(writer), Some(index)) => {
                 let metrics = self.pipeline.metrics().cluster.clone();
                 source = Some(tokio::spawn(run_source(
                     self.config.cluster.clone(),
@@ -285,7 +241,7 @@ impl App {
                     shutdown_rx,
                 )));
                 // Ready once the listeners are bound and the index has its first complete state.
-                let (index, readiness) = (authority.index().clone(), self.readiness.clone());
+                let (index, readiness) = (index.clone(), self.readiness.clone());
                 live = Some(tokio::spawn(async move {
                     index.wait_synced().await;
                     held.release();
@@ -311,7 +267,8 @@ impl App {
             udp_groups,
             admin: self.admin,
             readiness: self.readiness,
-            grace: self.config.shutdown_grace,
+            reloader,
+            config_watch,
             dns_addrs: self.dns_addrs,
         })
     }
@@ -372,6 +329,85 @@ fn hold_pair(
         tracing::warn!(error = %e, "tcp listener cannot wait for readiness; serving at once");
     }
     Ok((sockets, listener))
+}
+
+/// The cache's TTL bounds (`cache.*`).
+pub(crate) fn ttl_limits(c: &CacheConfig) -> TtlLimits {
+    TtlLimits {
+        min_ttl: c.min_ttl,
+        max_ttl: c.max_ttl,
+        min_negative_ttl: c.min_negative_ttl,
+        max_negative_ttl: c.max_negative_ttl,
+    }
+}
+
+/// The shaper's keys (`[upstream]`, DESIGN §7).
+pub(crate) fn shaper_settings(u: &UpstreamConfig) -> ShaperSettings {
+    ShaperSettings {
+        qps: u.qps,
+        burst: u.burst,
+        max_inflight: u.max_inflight,
+        per_client_qps: u.per_client_qps,
+        per_client_burst: u.per_client_burst,
+        queue_wait: u.queue_wait,
+        queue_size: u.queue_size,
+    }
+}
+
+/// The stages a reload replaces, from `config` (validated) and the resolved
+/// upstream `servers`. `previous` (on reload) lends its upstream clients
+/// when their servers and timeout are unchanged, so their health and
+/// counters carry over; the cluster zone always reads `index`.
+pub(crate) fn compose_live(
+    config: &Config,
+    servers: Vec<SocketAddr>,
+    metrics: &Metrics,
+    index: Option<&IndexHandle>,
+    previous: Option<&Live>,
+) -> Live {
+    let timeout = config.upstream.timeout;
+    let upstreams = |servers: Vec<SocketAddr>, before: Option<&Arc<Upstreams>>| match before {
+        Some(u) if u.servers() == servers.as_slice() && u.timeout() == timeout => u.clone(),
+        _ => Arc::new(Upstreams::new(
+            UpstreamSettings {
+                servers,
+                timeout,
+                edns_udp_size: config.edns_udp_size,
+            },
+            UpstreamMetrics {
+                requests: metrics.upstream_requests.clone(),
+            },
+        )),
+    };
+    let k = &config.cluster;
+    let authority = index.map(|index| {
+        let settings = ZoneSettings {
+            domain: k.domain.clone(),
+            service_ttl: k.service_ttl,
+            endpoint_ttl: k.endpoint_ttl,
+            negative_ttl: k.negative_ttl,
+            pods: k.pods == PodsMode::Insecure,
+            reverse_cidrs: k.reverse_cidrs.clone(),
+        };
+        Authority::new(settings, index.clone())
+    });
+    let cluster_fallback = (!k.cluster_upstream.is_empty()).then(|| {
+        let before = previous.and_then(|p| p.cluster_fallback.as_ref());
+        upstreams(k.cluster_upstream.clone(), before)
+    });
+    let search = SearchPath::new(
+        config.search.shortcut,
+        config.search.ndots,
+        &config.cluster.domain,
+        &config.search_domains(),
+    );
+    Live {
+        acl: Acl::new(config.allow.clone()),
+        authority,
+        upstreams: upstreams(servers, previous.map(|p| &p.upstreams)),
+        cluster_fallback,
+        search: Some(search),
+    }
 }
 
 /// Runs the configured cluster source until shutdown.
@@ -440,7 +476,8 @@ pub struct Running {
     udp_groups: Vec<(Arc<std::net::UdpSocket>, u32)>,
     admin: Admin,
     readiness: Readiness,
-    grace: Duration,
+    reloader: Arc<Reloader>,
+    config_watch: tokio::task::JoinHandle<()>,
     dns_addrs: Vec<SocketAddr>,
 }
 
@@ -456,6 +493,22 @@ impl Running {
     /// This process's own probe listener (`node.probe_file` set).
     pub fn probe_addr(&self) -> Option<SocketAddr> {
         self.admin.probe_addr()
+    }
+
+    /// Reads the config again and applies what can change while serving
+    /// (SIGHUP). Blocking file I/O: call from `spawn_blocking` on a runtime.
+    pub fn reload(&self) -> Reload {
+        self.reloader.reload()
+    }
+
+    /// The config in effect: the start-up one with the live keys of every applied reload.
+    pub fn running_config(&self) -> Config {
+        self.reloader.running()
+    }
+
+    /// The reloader, for a signal handler that outlives a borrow of `self`.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Stops reading new queries, lets in-flight ones finish within the
@@ -479,6 +532,8 @@ impl Running {
         }
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
+        self.config_watch.abort();
+        let grace = self.reloader.running().shutdown_grace;
         let threads = self.threads;
         // The UDP workers notice `stop` within their receive timeout, leave
         // their SO_REUSEPORT groups and answer what is queued to them first.
@@ -490,9 +545,9 @@ impl Running {
             }
             self.pipeline.drained().await;
         };
-        let clean = tokio::time::timeout(self.grace, drained).await.is_ok();
+        let clean = tokio::time::timeout(grace, drained).await.is_ok();
         if !clean {
-            tracing::warn!(grace = ?self.grace, "shutdown grace period over with queries in flight");
+            tracing::warn!(?grace, "shutdown grace period over with queries in flight");
         }
         self.gauges.abort();
         if let Some(source) = self.source {

@@ -56,6 +56,10 @@ pub struct Config {
     /// How long in-flight queries may take to finish after SIGTERM.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// How often the config file is checked for changes (a ConfigMap
+    /// update), which are then applied as on SIGHUP; "0s": SIGHUP only.
+    #[serde(deserialize_with = "duration")]
+    pub config_poll_interval: Duration,
     pub tcp: TcpConfig,
     pub cache: CacheConfig,
     pub upstream: UpstreamConfig,
@@ -136,7 +140,7 @@ impl Default for NodeConfig {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NotrackMode {
-    /// nftables if `nft` runs, else iptables.
+    /// nftables (over netlink) if the kernel's nf_tables answers, else iptables.
     Auto,
     Nftables,
     Iptables,
@@ -327,6 +331,7 @@ impl Default for Config {
             max_inflight: 4096,
             edns_udp_size: 1232,
             shutdown_grace: Duration::from_secs(5),
+            config_poll_interval: Duration::from_secs(5),
             tcp: TcpConfig::default(),
             cache: CacheConfig::default(),
             upstream: UpstreamConfig::default(),
@@ -437,6 +442,17 @@ impl Config {
                 self.edns_udp_size,
                 "must be between 512 and 4096",
             ));
+        }
+        let poll = self.config_poll_interval;
+        if !poll.is_zero() && !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&poll) {
+            return Err(invalid(
+                "config_poll_interval",
+                poll,
+                "must be 0s (off) or between 10ms and 1h",
+            ));
+        }
+        if self.shutdown_grace > Duration::from_secs(600) {
+            return Err(invalid("shutdown_grace", self.shutdown_grace, "must be at most 10m"));
         }
         if self.tcp.max_connections == 0 {
             return Err(invalid(

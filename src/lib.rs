@@ -27,5 +27,6 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
+pub mod reload;
 pub mod stage;
 pub mod wire;

@@ -35,6 +35,14 @@ enum Command {
     Probe(ProbeArgs),
     /// Run the hub: the one API-server watch, streamed to every node agent (`cluster.source = "hub"`).
     Hub(HubArgs),
+    /// Validate a config file as a reload would (exit 0 if `serve` and SIGHUP accept it); binds nothing.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// The TOML config file to check.
+    file: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -154,47 +162,12 @@ fn main() -> anyhow::Result<()> {
         Command::Teardown(args) => return teardown(args),
         Command::Probe(args) => return probe(args),
         Command::Hub(args) => return hub(args),
+        Command::Check(args) => return check(args),
     };
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    if !args.upstream.is_empty() {
-        config.upstream.servers = args.upstream;
-    }
-    if let Some(admin) = args.admin {
-        config.admin = admin;
-    }
-    if let Some(qps) = args.upstream_qps {
-        config.upstream.qps = qps;
-    }
-    if let Some(path) = args.cluster_state {
-        config.cluster.source = nodens::config::SourceKind::Static;
-        config.cluster.static_file = Some(path);
-    }
-    if let Some(mode) = args.shortcut {
-        config.search.shortcut = mode;
-    }
-    if !args.search_domain.is_empty() {
-        config.search.domains = args.search_domain;
-    }
-    if let Some(ndots) = args.ndots {
-        config.search.ndots = ndots;
-    }
-    if !args.hub.is_empty() {
-        config.cluster.source = nodens::config::SourceKind::Hub;
-        config.cluster.hub = args.hub;
-    }
-    if let Some(token) = args.hub_token {
-        config.cluster.hub_token = token;
-    }
-    if args.setup_interface {
-        config.node.setup_interface = true;
-    }
-    config.validate()?;
+    // Reloads read the file again and apply the same flags on top of it.
+    let path = args.config.clone();
+    let source = nodens::reload::ConfigSource::new(path, move |config| apply_flags(&args, config));
+    let config = source.load()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -208,9 +181,15 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("setting up the node-local interface")?;
         }
-        let app = nodens::app::App::build(config)?;
+        let app = nodens::app::App::build(config)?.reload_from(source);
         let running = app.spawn().context("starting workers")?;
-        shutdown_signal().await?;
+        let reloader = running.reloader();
+        let reload = move || {
+            let reloader = reloader.clone();
+            // Reading the file is blocking work: off the runtime's workers.
+            drop(tokio::task::spawn_blocking(move || reloader.reload()));
+        };
+        shutdown_signal(reload).await?;
         tracing::info!("signal received, draining");
         running.shutdown().await;
         Ok(())
@@ -250,11 +229,22 @@ fn hub(args: HubArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let source = nodens::hub::HubSource::from_config(&config).await?;
         let hub = nodens::hub::Hub::start(&config, source)?;
-        shutdown_signal().await?;
+        let reload =
+            || tracing::warn!("SIGHUP: nodens hub reads its config at start only; restart it to apply changes");
+        shutdown_signal(reload).await?;
         tracing::info!("signal received, stopping the hub");
         hub.shutdown().await;
         Ok(())
     })
+}
+
+/// `nodens check FILE`: what a reload would say of the file, without serving.
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.file)?;
+    // The default upstreams come from resolv.conf: a reload reads it too.
+    config.upstream_servers()?;
+    println!("{}: valid", args.file.display());
+    Ok(())
 }
 
 /// `nodens teardown`: the uninstall step; the agent never removes its interface itself.
@@ -282,13 +272,57 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     nodens::node::admin::probe(&args.file, what, args.timeout).map_err(anyhow::Error::msg)
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; calls `reload` on every SIGHUP meanwhile.
+async fn shutdown_signal(reload: impl Fn()) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(),
+        }
     }
-    Ok(())
+}
+
+/// The command-line flags, over the file's keys (at start and on every reload).
+fn apply_flags(args: &ServeArgs, config: &mut Config) {
+    use nodens::config::SourceKind;
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    }
+    if !args.upstream.is_empty() {
+        config.upstream.servers = args.upstream.clone();
+    }
+    if let Some(admin) = args.admin {
+        config.admin = admin;
+    }
+    if let Some(qps) = args.upstream_qps {
+        config.upstream.qps = qps;
+    }
+    if let Some(path) = &args.cluster_state {
+        config.cluster.source = SourceKind::Static;
+        config.cluster.static_file = Some(path.clone());
+    }
+    if let Some(mode) = args.shortcut {
+        config.search.shortcut = mode;
+    }
+    if !args.search_domain.is_empty() {
+        config.search.domains = args.search_domain.clone();
+    }
+    if let Some(ndots) = args.ndots {
+        config.search.ndots = ndots;
+    }
+    if !args.hub.is_empty() {
+        config.cluster.source = SourceKind::Hub;
+        config.cluster.hub = args.hub.clone();
+    }
+    if let Some(token) = &args.hub_token {
+        config.cluster.hub_token = token.clone();
+    }
+    if args.setup_interface {
+        config.node.setup_interface = true;
+    }
 }

@@ -398,6 +398,53 @@ impl ProtectionMetrics {
     }
 }
 
+/// Metrics of config reloads (SIGHUP, or a changed config file).
+#[derive(Clone, Debug)]
+pub struct ConfigMetrics {
+    /// Reloads by result: applied, unchanged, rejected.
+    pub reloads: IntCounterVec,
+    /// 1 when the last reload applied (or nothing changed), 0 when it was rejected.
+    pub last_reload_successful: IntGauge,
+    /// Unix time of the last reload that left a valid config in place (start-up counts).
+    pub last_reload_success_timestamp: IntGauge,
+    /// 1 when the file changes keys that apply only at the next start.
+    pub restart_required: IntGauge,
+}
+
+impl ConfigMetrics {
+    pub fn new(registry: &Registry) -> Result<ConfigMetrics, prometheus::Error> {
+        let m = ConfigMetrics {
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "nodens_config_reloads_total",
+                    "Config reloads (SIGHUP or a changed file), by result",
+                ),
+                &["result"],
+            )?,
+            last_reload_successful: IntGauge::new(
+                "nodens_config_last_reload_successful",
+                "1 when the last config reload applied or found nothing to change, 0 when it was rejected",
+            )?,
+            last_reload_success_timestamp: IntGauge::new(
+                "nodens_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load (start-up or reload)",
+            )?,
+            restart_required: IntGauge::new(
+                "nodens_config_restart_required",
+                "1 when the config file changes keys that apply only at the next start",
+            )?,
+        };
+        for result in ["applied", "unchanged", "rejected"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.last_reload_successful.clone()))?;
+        registry.register(Box::new(m.last_reload_success_timestamp.clone()))?;
+        registry.register(Box::new(m.restart_required.clone()))?;
+        Ok(m)
+    }
+}
+
 /// Every metric of the data plane, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -413,6 +460,7 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub cluster: ClusterMetrics,
     pub protection: ProtectionMetrics,
+    pub config: ConfigMetrics,
     /// Search-path walks by outcome: where the name was found, or not_found.
     shortcuts: IntCounterVec,
     /// Bare names warmed in the background (`shortcut = "nxdomain"`).
@@ -472,6 +520,7 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         let cluster = ClusterMetrics::new(&registry)?;
         let protection = ProtectionMetrics::new(&registry)?;
+        let config = ConfigMetrics::new(&registry)?;
         let shortcuts = IntCounterVec::new(
             Opts::new(
                 "nodens_shortcut_walks_total",
@@ -510,6 +559,7 @@ impl Metrics {
             inflight,
             cluster,
             protection,
+            config,
             shortcuts,
             warms,
         })

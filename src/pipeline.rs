@@ -23,7 +23,10 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use arc_swap::ArcSwap;
+
 use crate::cluster::authority::{Ask, Authority, Outcome};
+use crate::cluster::index::IndexHandle;
 use crate::metrics::{Metrics, ShedReason, Source};
 use crate::stage::cache::{self, Cache, Entry, Key, Refresh, MAX_KEY_LEN};
 use crate::stage::coalesce::{Flights, Role};
@@ -108,18 +111,38 @@ pub enum Route {
     Walk(Walk),
 }
 
-/// The stages a pipeline is built from.
-pub struct Stages {
+/// The stages a config reload replaces whole (`Pipeline::replace_live`).
+/// A query loads them once and uses that one set to its end, so no answer
+/// mixes old and new settings, and nothing in flight is cut off.
+pub struct Live {
     pub acl: Acl,
     /// The cluster zone, when a cluster source is configured.
     pub authority: Option<Authority>,
-    pub cache: Cache,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     /// Where cluster-zone queries go before the index first syncs.
-    pub cluster_fallback: Option<Upstreams>,
+    pub cluster_fallback: Option<Arc<Upstreams>>,
     /// The search-path shortcut; needs the cluster zone to know what is a cluster name.
     pub search: Option<SearchPath>,
-    /// Meters every upstream query (DESIGN §7).
+}
+
+impl Live {
+    /// Drops a shortcut that cannot run: off, or without a cluster zone.
+    fn settled(mut self) -> Live {
+        let has_zone = self.authority.is_some();
+        self.search = self.search.filter(|s| has_zone && s.mode != Mode::Off);
+        self
+    }
+
+    fn negative_ttl(&self) -> u32 {
+        self.authority.as_ref().map_or(0, |a| a.negative_ttl())
+    }
+}
+
+/// The stages a pipeline is built from.
+pub struct Stages {
+    pub live: Live,
+    pub cache: Cache,
+    /// Meters every upstream query (DESIGN §7); retuned in place on reload.
     pub shaper: Shaper,
     /// Refresh requests from the cache (`Freshness::refresh`), for `run_refreshes`.
     pub refreshes: Option<mpsc::Receiver<Refresh>>,
@@ -133,12 +156,10 @@ pub enum Transport {
 }
 
 pub struct Pipeline {
-    acl: Acl,
-    authority: Option<Authority>,
+    live: ArcSwap<Live>,
+    /// The cluster index every `Live::authority` reads (it outlives reloads).
+    index: Option<IndexHandle>,
     cache: Cache,
-    upstreams: Upstreams,
-    cluster_fallback: Option<Upstreams>,
-    search: Option<SearchPath>,
     /// Bare names to look up ahead of the client (`shortcut = "nxdomain"`), set by `start_background`.
     warm: std::sync::OnceLock<tokio::sync::mpsc::Sender<WarmRequest>>,
     /// Names a client will ask next because we answered the first query of
@@ -162,23 +183,16 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(stages: Stages, metrics: Metrics, edns_udp_size: u16, max_inflight: usize) -> Pipeline {
         let Stages {
-            acl,
-            authority,
+            live,
             cache,
-            upstreams,
-            cluster_fallback,
-            search,
             shaper,
             refreshes,
         } = stages;
-        let search = search.filter(|s| authority.is_some() && s.mode != Mode::Off);
+        let index = live.authority.as_ref().map(|a| a.index().clone());
         Pipeline {
-            acl,
-            authority,
+            live: ArcSwap::from_pointee(live.settled()),
+            index,
             cache,
-            upstreams,
-            cluster_fallback,
-            search,
             warm: std::sync::OnceLock::new(),
             continuations: moka::sync::Cache::builder()
                 .max_capacity(CONTINUATIONS)
@@ -202,8 +216,25 @@ impl Pipeline {
         &self.cache
     }
 
-    pub fn authority(&self) -> Option<&Authority> {
-        self.authority.as_ref()
+    /// The cluster index, when a cluster source is configured.
+    pub fn index(&self) -> Option<&IndexHandle> {
+        self.index.as_ref()
+    }
+
+    /// The stages in use now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Puts reloaded stages in place: queries that loaded the old ones finish
+    /// with them, the next datagram reads the new ones. The cache, the
+    /// shaper's state and the queries in flight are kept.
+    pub fn replace_live(&self, live: Live) {
+        self.live.store(Arc::new(live.settled()));
+    }
+
+    pub fn shaper(&self) -> &Shaper {
+        &self.shaper
     }
 
     pub fn edns_udp_size(&self) -> u16 {
@@ -226,7 +257,9 @@ impl Pipeline {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Step {
-        let query = match guard::check(msg, src.ip(), &self.acl) {
+        // One load per datagram: every stage below sees the same settings.
+        let live = self.live.load();
+        let query = match guard::check(msg, src.ip(), &live.acl) {
             Verdict::Resolve(q) => q,
             Verdict::Drop => return Step::Drop,
             verdict => {
@@ -239,7 +272,7 @@ impl Pipeline {
         };
         let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
         let limit = self.limit(&query, transport);
-        if let Some(authority) = &self.authority {
+        if let Some(authority) = &live.authority {
             let ask = Ask {
                 msg,
                 query: &query,
@@ -251,7 +284,7 @@ impl Pipeline {
                 Outcome::NotOurs => {}
                 Outcome::Answered {
                     rcode: wire::RCODE_NXDOMAIN,
-                } => return self.after_cluster_nxdomain(msg, query, &key, now, transport, out),
+                } => return self.after_cluster_nxdomain(&live, msg, query, &key, now, transport, out),
                 Outcome::Answered { rcode } => {
                     return Step::Answered {
                         source: Source::Cluster,
@@ -259,7 +292,7 @@ impl Pipeline {
                     }
                 }
                 Outcome::Alias { target, ttl } => return Step::Miss(query, Route::Alias { target, ttl }),
-                Outcome::NotSynced if self.cluster_fallback.is_some() => {
+                Outcome::NotSynced if live.cluster_fallback.is_some() => {
                     return Step::Miss(query, Route::ClusterFallback)
                 }
                 Outcome::NotSynced => {
@@ -284,8 +317,10 @@ impl Pipeline {
 
     /// A cluster NXDOMAIN is in `out`. If it is the first query of a
     /// search-list walk, the shortcut takes over (DESIGN §3).
+    #[allow(clippy::too_many_arguments)]
     fn after_cluster_nxdomain(
         &self,
+        live: &Live,
         msg: &[u8],
         query: Query,
         key: &Key,
@@ -297,7 +332,7 @@ impl Pipeline {
             source: Source::Cluster,
             rcode: wire::RCODE_NXDOMAIN,
         };
-        let Some(search) = &self.search else { return nxdomain };
+        let Some(search) = &live.search else { return nxdomain };
         let Some(walk) = search.first_query(key.name()) else {
             return nxdomain;
         };
@@ -307,7 +342,7 @@ impl Pipeline {
         match search.mode {
             Mode::Off => nxdomain,
             Mode::Nxdomain => {
-                self.expect_continuation(key.name(), walk);
+                self.expect_continuation(search, key.name(), walk);
                 let bare = search.bare(key.name(), walk);
                 if bare.place == Place::Bare {
                     self.warm_bare(bare.name(), &query, now);
@@ -316,14 +351,14 @@ impl Pipeline {
             }
             Mode::Cname => {
                 // Keep the NXDOMAIN: the walk writes over it only when it finds a name.
-                match self.walk_now(msg, &query, walk, now, transport, out) {
+                match self.walk_now(live, search, msg, &query, walk, now, transport, out) {
                     walk::WalkEnd::Answered { rcode } => Step::Answered {
                         source: Source::Shortcut,
                         rcode,
                     },
                     walk::WalkEnd::NotFound => {
-                        self.expect_continuation(key.name(), walk);
-                        self.cluster_answer(msg, &query, transport, out);
+                        self.expect_continuation(search, key.name(), walk);
+                        self.cluster_answer(live, msg, &query, transport, out);
                         nxdomain
                     }
                     walk::WalkEnd::NeedFetch => Step::Miss(query, Route::Walk(walk)),
@@ -333,14 +368,21 @@ impl Pipeline {
     }
 
     /// Remembers that the client of this walk will ask `P.svc.Z` next.
-    fn expect_continuation(&self, lname: &[u8], walk: Walk) {
-        if let Some(next) = self.search.as_ref().and_then(|s| s.candidates(lname, walk).next()) {
+    fn expect_continuation(&self, search: &SearchPath, lname: &[u8], walk: Walk) {
+        if let Some(next) = search.candidates(lname, walk).next() {
             self.continuations.insert(next.name().into(), ());
         }
     }
 
     /// Writes the cluster authority's own answer for `query` into `out`.
-    fn cluster_answer(&self, msg: &[u8], query: &Query, transport: Transport, out: &mut Vec<u8>) -> (Source, u8) {
+    fn cluster_answer(
+        &self,
+        live: &Live,
+        msg: &[u8],
+        query: &Query,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> (Source, u8) {
         let key = Key::new(query.qname(msg), query.qtype, query.qclass, query.dnssec_ok());
         let ask = Ask {
             msg,
@@ -349,7 +391,7 @@ impl Pipeline {
             limit: self.limit(query, transport),
             our_udp_size: self.edns_udp_size,
         };
-        match self.authority.as_ref().map(|a| a.answer(&ask, out)) {
+        match live.authority.as_ref().map(|a| a.answer(&ask, out)) {
             Some(Outcome::Answered { rcode }) => (Source::Cluster, rcode),
             _ => {
                 self.write_servfail(msg, query, out);
@@ -378,11 +420,12 @@ impl Pipeline {
         }
     }
 
-    /// Starts the background task that warms bare names. Call once, on the runtime.
+    /// Starts the background task that warms bare names (`shortcut =
+    /// "nxdomain"`, which a reload may turn on). Call once, on the runtime.
     pub fn start_background(self: &Arc<Self>) {
         const QUEUE: usize = 1024;
         const CONCURRENT: usize = 32;
-        if self.search.as_ref().map(|s| s.mode) != Some(Mode::Nxdomain) {
+        if self.index.is_none() {
             return;
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<WarmRequest>(QUEUE);
@@ -442,21 +485,22 @@ impl Pipeline {
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
         self.metrics.inflight.inc();
+        let live = self.live.load_full();
         let answer = match route {
             Route::Upstream => {
-                self.resolve_upstream(msg, query, &self.upstreams, transport, client, out)
+                self.resolve_upstream(msg, query, &live.upstreams, transport, client, out)
                     .await
             }
             Route::ClusterFallback => {
-                let fallback = self.cluster_fallback.as_ref().unwrap_or(&self.upstreams);
+                let fallback = live.cluster_fallback.as_ref().unwrap_or(&live.upstreams);
                 self.resolve_upstream(msg, query, fallback, transport, client, out)
                     .await
             }
             Route::Alias { target, ttl } => {
-                self.resolve_alias(msg, query, &target, ttl, transport, client, out)
+                self.resolve_alias(&live, msg, query, &target, ttl, transport, client, out)
                     .await
             }
-            Route::Walk(walk) => self.resolve_walk(msg, query, walk, transport, client, out).await,
+            Route::Walk(walk) => self.resolve_walk(&live, msg, query, walk, transport, client, out).await,
         };
         self.metrics.inflight.dec();
         answer
@@ -469,6 +513,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     async fn resolve_alias(
         &self,
+        live: &Live,
         msg: &[u8],
         query: &Query,
         target: &[u8],
@@ -489,7 +534,7 @@ impl Pipeline {
         let entry = match self.cache.get(&key, Instant::now()) {
             Some(e) => e,
             None => match self
-                .fetch(&target_name, qtype, query, &key, &self.upstreams, client)
+                .fetch(&target_name, qtype, query, &key, &live.upstreams, client)
                 .await
             {
                 Some(e) => e,
@@ -546,7 +591,8 @@ impl Pipeline {
         key: &Key,
     ) -> Option<Arc<Entry>> {
         let (dnssec_ok, cd) = (query.dnssec_ok(), query.checking_disabled());
-        self.fetch_for(name, qtype, dnssec_ok, cd, key, &self.upstreams, Asker::Background)
+        let upstreams = self.live.load().upstreams.clone();
+        self.fetch_for(name, qtype, dnssec_ok, cd, key, &upstreams, Asker::Background)
             .await
             .ok()
     }
@@ -579,12 +625,19 @@ impl Pipeline {
         fetched
     }
 
-    /// The cache key plus which upstreams are asked: a flight's identity.
+    /// The cache key plus which upstreams are asked (the main ones, or the
+    /// cluster fallback): a flight's identity.
     fn flight_key(&self, key: &Key, upstreams: &Upstreams) -> ([u8; MAX_KEY_LEN + 1], usize) {
         let mut buf = [0u8; MAX_KEY_LEN + 1];
         let k = key.as_bytes();
         buf[..k.len()].copy_from_slice(k);
-        buf[k.len()] = u8::from(!std::ptr::eq(upstreams, &self.upstreams));
+        let fallback = self
+            .live
+            .load()
+            .cluster_fallback
+            .as_ref()
+            .is_some_and(|f| std::ptr::eq(upstreams, &**f));
+        buf[k.len()] = u8::from(fallback);
         (buf, k.len() + 1)
     }
 
@@ -625,7 +678,7 @@ impl Pipeline {
                 match response {
                     Ok(response) => {
                         let limits = self.cache.limits();
-                        match Entry::from_response(&response, name, qtype, dnssec_ok, limits, Instant::now()) {
+                        match Entry::from_response(&response, name, qtype, dnssec_ok, &limits, Instant::now()) {
                             Ok(entry) => {
                                 let entry = Arc::new(entry);
                                 self.cache.insert(key, entry.clone());
@@ -691,7 +744,8 @@ impl Pipeline {
             let Some(key) = Key::from_bytes(&request.key) else {
                 continue;
             };
-            let (flight, len) = self.flight_key(&key, &self.upstreams);
+            let upstreams = self.live.load().upstreams.clone();
+            let (flight, len) = self.flight_key(&key, &upstreams);
             if self.flights.in_flight(&flight[..len]) {
                 m.prefetch_in_flight.inc();
                 continue;
@@ -708,10 +762,9 @@ impl Pipeline {
             let pipeline = self.clone();
             tokio::spawn(async move {
                 let qtype = RecordType::from(key.qtype());
-                let upstreams = &pipeline.upstreams;
                 let asker = Asker::Granted(grant);
                 let _ = pipeline
-                    .fetch_for(&name, qtype, key.dnssec_ok(), false, &key, upstreams, asker)
+                    .fetch_for(&name, qtype, key.dnssec_ok(), false, &key, &upstreams, asker)
                     .await;
             });
         }

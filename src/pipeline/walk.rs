@@ -16,11 +16,11 @@ use std::time::Instant;
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 
-use super::{Pipeline, Transport};
+use super::{Live, Pipeline, Transport};
 use crate::cluster::authority::{Ask, Outcome};
 use crate::metrics::Source;
 use crate::stage::cache::{Entry, Key};
-use crate::stage::shortcut::{Candidate, Found, Place, Walk};
+use crate::stage::shortcut::{Candidate, Found, Place, SearchPath, Walk};
 use crate::wire::{self, Query};
 
 const TYPE_A: u16 = 1;
@@ -78,10 +78,10 @@ fn classify_entry(entry: &Entry) -> Found {
 impl Pipeline {
     /// Classifies `cand` for `qtype` from what is at hand: the index for
     /// cluster candidates, fresh cache entries for the others.
-    fn probe(&self, cand: &Candidate, qtype: u16, query: &Query, now: Instant) -> Probe {
+    fn probe(&self, live: &Live, cand: &Candidate, qtype: u16, query: &Query, now: Instant) -> Probe {
         match cand.place {
             Place::Cluster => {
-                let Some(authority) = &self.authority else {
+                let Some(authority) = &live.authority else {
                     return Probe::Known(Found::Unknown, None);
                 };
                 let mut qbuf = [0u8; 12 + wire::MAX_NAME_LEN + 4];
@@ -129,8 +129,11 @@ impl Pipeline {
     }
 
     /// The walk on the hit path: answers only when every part is in the index or the cache.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn walk_now(
         &self,
+        live: &Live,
+        search: &SearchPath,
         msg: &[u8],
         query: &Query,
         walk: Walk,
@@ -138,18 +141,15 @@ impl Pipeline {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> WalkEnd {
-        let Some(search) = &self.search else {
-            return WalkEnd::NotFound;
-        };
         let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
-        let mut cname_ttl = self.negative_ttl();
+        let mut cname_ttl = live.negative_ttl();
         for cand in search.candidates(lname.name(), walk) {
-            let (found, entry) = match self.probe(&cand, query.qtype, query, now) {
+            let (found, entry) = match self.probe(live, &cand, query.qtype, query, now) {
                 Probe::Known(f, e) => (f, e),
                 Probe::Fetch => return WalkEnd::NeedFetch,
             };
             let found = match (found, other_address_type(query.qtype)) {
-                (Found::NoData, Some(other)) => match self.probe(&cand, other, query, now) {
+                (Found::NoData, Some(other)) => match self.probe(live, &cand, other, query, now) {
                     Probe::Known(f, _) => Found::settle_nodata(Some(f)),
                     Probe::Fetch => return WalkEnd::NeedFetch,
                 },
@@ -166,8 +166,10 @@ impl Pipeline {
     }
 
     /// The walk on the miss path: fetches what the cache does not have.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn walk(
         &self,
+        live: &Live,
         msg: &[u8],
         query: &Query,
         walk: Walk,
@@ -175,16 +177,16 @@ impl Pipeline {
         client: IpAddr,
         out: &mut Vec<u8>,
     ) -> WalkEnd {
-        let Some(search) = &self.search else {
+        let Some(search) = &live.search else {
             return WalkEnd::NotFound;
         };
         let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
-        let mut cname_ttl = self.negative_ttl();
+        let mut cname_ttl = live.negative_ttl();
         for cand in search.candidates(lname.name(), walk) {
-            let (found, entry) = self.probe_fetching(&cand, query.qtype, query, client).await;
+            let (found, entry) = self.probe_fetching(live, &cand, query.qtype, query, client).await;
             let found = match (found, other_address_type(query.qtype)) {
                 (Found::NoData, Some(other)) => {
-                    Found::settle_nodata(Some(self.probe_fetching(&cand, other, query, client).await.0))
+                    Found::settle_nodata(Some(self.probe_fetching(live, &cand, other, query, client).await.0))
                 }
                 (Found::NoData, None) => Found::settle_nodata(None),
                 (f, _) => f,
@@ -209,12 +211,13 @@ impl Pipeline {
 
     async fn probe_fetching(
         &self,
+        live: &Live,
         cand: &Candidate,
         qtype: u16,
         query: &Query,
         client: IpAddr,
     ) -> (Found, Option<Arc<Entry>>) {
-        match self.probe(cand, qtype, query, Instant::now()) {
+        match self.probe(live, cand, qtype, query, Instant::now()) {
             Probe::Known(f, e) => (f, e),
             Probe::Fetch => {
                 let Ok(name) = Name::from_bytes(cand.name()) else {
@@ -222,7 +225,7 @@ impl Pipeline {
                 };
                 let key = Key::new(cand.name(), qtype, query.qclass, query.dnssec_ok());
                 match self
-                    .fetch(&name, RecordType::from(qtype), query, &key, &self.upstreams, client)
+                    .fetch(&name, RecordType::from(qtype), query, &key, &live.upstreams, client)
                     .await
                 {
                     Some(e) => (classify_entry(&e), Some(e)),
@@ -286,18 +289,16 @@ impl Pipeline {
         }
     }
 
-    fn negative_ttl(&self) -> u32 {
-        self.authority.as_ref().map_or(0, |a| a.negative_ttl())
-    }
-
     fn count_walk(&self, found: Option<Place>) {
         let outcome = found.map_or("not_found", Place::label);
         self.metrics.shortcut(outcome);
     }
 
     /// The miss-path half of `shortcut = "cname"`: walk, else the authority's NXDOMAIN.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn resolve_walk(
         &self,
+        live: &Live,
         msg: &[u8],
         query: &Query,
         walk: Walk,
@@ -305,12 +306,14 @@ impl Pipeline {
         client: IpAddr,
         out: &mut Vec<u8>,
     ) -> (Source, u8) {
-        match self.walk(msg, query, walk, transport, client, out).await {
+        match self.walk(live, msg, query, walk, transport, client, out).await {
             WalkEnd::Answered { rcode } => (Source::Shortcut, rcode),
             WalkEnd::NotFound | WalkEnd::NeedFetch => {
-                let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
-                self.expect_continuation(lname.name(), walk);
-                self.cluster_answer(msg, query, transport, out)
+                if let Some(search) = &live.search {
+                    let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
+                    self.expect_continuation(search, lname.name(), walk);
+                }
+                self.cluster_answer(live, msg, query, transport, out)
             }
         }
     }

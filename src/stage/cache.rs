@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
@@ -639,8 +640,18 @@ fn chain(answers: &[Record], qname: &Name, qtype: RecordType, dnssec_ok: bool) -
 #[derive(Clone)]
 pub struct Cache {
     inner: Moka<Box<[u8]>, Arc<Entry>>,
-    limits: TtlLimits,
+    /// The reloadable settings, shared with the expiry policy (`retune`).
+    tuning: Arc<ArcSwap<Tuning>>,
     freshness: Freshness,
+}
+
+/// The settings a config reload may change without touching stored entries:
+/// they apply to what is stored, or looked up stale, from then on.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    limits: TtlLimits,
+    stale_ttl: Duration,
+    stale_answer_ttl: u32,
 }
 
 /// A hit asking for its entry to be refreshed: the key it was looked up by.
@@ -651,6 +662,7 @@ pub struct Refresh {
 
 /// Serve-stale and prefetch settings (`cache.stale_ttl`,
 /// `cache.stale_answer_ttl`, `cache.prefetch`) and their hit-path counters.
+/// The two TTLs are where the cache starts; `Cache::retune` changes them.
 #[derive(Clone)]
 pub struct Freshness {
     /// How long past expiry data may still be answered; zero turns serve-stale off.
@@ -685,15 +697,15 @@ fn weigh(k: &Box<[u8]>, v: &Arc<Entry>) -> u32 {
 }
 
 struct EntryExpiry {
-    stale_ttl: Duration,
+    tuning: Arc<ArcSwap<Tuning>>,
 }
 
 impl Expiry<Box<[u8]>, Arc<Entry>> for EntryExpiry {
     fn expire_after_create(&self, _: &Box<[u8]>, v: &Arc<Entry>, at: Instant) -> Option<Duration> {
-        Some(v.keep_for(at, self.stale_ttl))
+        Some(v.keep_for(at, self.tuning.load().stale_ttl))
     }
     fn expire_after_update(&self, _: &Box<[u8]>, v: &Arc<Entry>, at: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(v.keep_for(at, self.stale_ttl))
+        Some(v.keep_for(at, self.tuning.load().stale_ttl))
     }
 }
 
@@ -704,27 +716,41 @@ impl Cache {
     }
 
     pub fn with_freshness(max_bytes: u64, limits: TtlLimits, freshness: Freshness) -> Cache {
+        let tuning = Arc::new(ArcSwap::from_pointee(Tuning {
+            limits,
+            stale_ttl: freshness.stale_ttl,
+            stale_answer_ttl: freshness.stale_answer_ttl,
+        }));
         let inner = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
-            .expire_after(EntryExpiry {
-                stale_ttl: freshness.stale_ttl,
-            })
+            .expire_after(EntryExpiry { tuning: tuning.clone() })
             .build();
         Cache {
             inner,
-            limits,
+            tuning,
             freshness,
         }
     }
 
-    /// The TTL stale answers carry.
-    pub fn stale_answer_ttl(&self) -> u32 {
-        self.freshness.stale_answer_ttl
+    /// Applies reloaded TTL bounds and serve-stale settings (config reload).
+    /// Stored entries keep their TTLs and their time in the cache; what is
+    /// stored from now on, and every stale lookup, uses the new values.
+    pub fn retune(&self, limits: TtlLimits, stale_ttl: Duration, stale_answer_ttl: u32) {
+        self.tuning.store(Arc::new(Tuning {
+            limits,
+            stale_ttl,
+            stale_answer_ttl,
+        }));
     }
 
-    pub fn limits(&self) -> &TtlLimits {
-        &self.limits
+    /// The TTL stale answers carry.
+    pub fn stale_answer_ttl(&self) -> u32 {
+        self.tuning.load().stale_answer_ttl
+    }
+
+    pub fn limits(&self) -> TtlLimits {
+        self.tuning.load().limits
     }
 
     /// The fresh entry answering `key`: its own, or the name-wide NXDOMAIN of
@@ -758,7 +784,7 @@ impl Cache {
     /// Data for `key` (its own or its name's NXDOMAIN) that expired less than
     /// `stale_ttl` ago, to answer stale when the upstream cannot (RFC 8767).
     pub fn get_stale(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
-        let stale_ttl = self.freshness.stale_ttl;
+        let stale_ttl = self.tuning.load().stale_ttl;
         if stale_ttl.is_zero() {
             return None;
         }
@@ -961,6 +987,30 @@ mod tests {
         q[11] = 1;
         q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
         q
+    }
+
+    #[test]
+    fn retune_applies_to_what_comes_next_and_keeps_the_entries() {
+        let t0 = Instant::now();
+        let freshness = Freshness {
+            stale_ttl: Duration::from_secs(3600),
+            ..Freshness::off()
+        };
+        let cache = Cache::with_freshness(1 << 20, LIMITS, freshness);
+        let q = with_edns(query_bytes("www.a.", RecordType::A));
+        let key = www_key(&q);
+        cache.insert(&key, Arc::new(a_record(60, t0)));
+        let later = t0 + Duration::from_secs(100);
+        assert!(cache.get_stale(&key, later).is_some());
+        let limits = TtlLimits { min_ttl: 120, ..LIMITS };
+        cache.retune(limits, Duration::ZERO, 10);
+        assert_eq!(cache.limits().min_ttl, 120);
+        assert_eq!(cache.stale_answer_ttl(), 10);
+        assert!(cache.get_stale(&key, later).is_none(), "serve-stale is off now");
+        assert!(
+            cache.peek(&key, t0 + Duration::from_secs(30)).is_some(),
+            "the entry itself stays"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -115,27 +116,45 @@ impl Rate {
     }
 }
 
-/// One GCRA bucket.
+/// One GCRA bucket. Its rate may be changed while it is in use (a config
+/// reload); the bucket keeps its level, counted in time.
 struct Gcra {
     tat: AtomicU64,
-    rate: Rate,
+    interval: AtomicU64,
+    burst: AtomicU64,
 }
 
 impl Gcra {
     fn new(per_second: u32, burst: u32) -> Gcra {
-        Gcra {
+        let g = Gcra {
             tat: AtomicU64::new(0),
-            rate: Rate::new(per_second, burst),
+            interval: AtomicU64::new(0),
+            burst: AtomicU64::new(0),
+        };
+        g.set_rate(per_second, burst);
+        g
+    }
+
+    fn set_rate(&self, per_second: u32, burst: u32) {
+        let rate = Rate::new(per_second, burst);
+        self.interval.store(rate.interval, Ordering::Relaxed);
+        self.burst.store(rate.burst, Ordering::Relaxed);
+    }
+
+    fn rate(&self) -> Rate {
+        Rate {
+            interval: self.interval.load(Ordering::Relaxed),
+            burst: self.burst.load(Ordering::Relaxed),
         }
     }
 
     /// See `Rate::reserve`.
     fn reserve(&self, now: u64, n: u64, keep: u64, max_wait: u64) -> Option<u64> {
-        self.rate.reserve(&self.tat, now, n, keep, max_wait)
+        self.rate().reserve(&self.tat, now, n, keep, max_wait)
     }
 
     fn burst(&self) -> u64 {
-        self.rate.burst
+        self.burst.load(Ordering::Relaxed)
     }
 }
 
@@ -151,6 +170,11 @@ struct Clients {
 }
 
 impl Clients {
+    /// The shares `settings` ask for; None when `per_client_qps` is 0.
+    fn for_settings(settings: &ShaperSettings) -> Option<Clients> {
+        (settings.per_client_qps > 0).then(|| Clients::new(settings.per_client_qps, settings.per_client_burst))
+    }
+
     fn new(qps: u32, burst: u32) -> Clients {
         Clients {
             rate: Rate::new(qps, burst),
@@ -227,11 +251,16 @@ struct Offenders {
 
 struct Inner {
     bucket: Gcra,
-    clients: Option<Clients>,
+    /// The per-client shares; replaced (their state reset) when a reload changes them.
+    clients: ArcSwapOption<Clients>,
     inflight: Arc<Semaphore>,
-    max_inflight: usize,
-    queue_wait: Duration,
-    queue_size: usize,
+    /// The in-flight cap `inflight` is being brought to.
+    max_inflight: AtomicUsize,
+    /// Nanoseconds.
+    queue_wait: AtomicU64,
+    queue_size: AtomicUsize,
+    /// What `retune` compares against.
+    settings: Mutex<ShaperSettings>,
     waiting: AtomicUsize,
     epoch: Instant,
     metrics: ProtectionMetrics,
@@ -265,16 +294,15 @@ impl Drop for QueueSlot<'_> {
 
 impl Shaper {
     pub fn new(settings: ShaperSettings, metrics: ProtectionMetrics) -> Shaper {
-        let clients =
-            (settings.per_client_qps > 0).then(|| Clients::new(settings.per_client_qps, settings.per_client_burst));
         let max_inflight = settings.max_inflight.max(1);
         Shaper(Arc::new(Inner {
             bucket: Gcra::new(settings.qps, settings.burst),
-            clients,
+            clients: ArcSwapOption::new(Clients::for_settings(&settings).map(Arc::new)),
             inflight: Arc::new(Semaphore::new(max_inflight)),
-            max_inflight,
-            queue_wait: settings.queue_wait,
-            queue_size: settings.queue_size,
+            max_inflight: AtomicUsize::new(max_inflight),
+            queue_wait: AtomicU64::new(nanos(settings.queue_wait)),
+            queue_size: AtomicUsize::new(settings.queue_size),
+            settings: Mutex::new(settings),
             waiting: AtomicUsize::new(0),
             epoch: Instant::now(),
             metrics,
@@ -292,7 +320,7 @@ impl Shaper {
     pub async fn admit(&self, client: IpAddr) -> Result<Grant, ShedReason> {
         let inner = &*self.0;
         let now = inner.now();
-        if let Some(clients) = &inner.clients {
+        if let Some(clients) = &*inner.clients.load() {
             let i = clients.index(client);
             if !clients.take(i, now) {
                 // Over its share: spare tokens only, fewer the more it has been borrowing.
@@ -317,7 +345,7 @@ impl Shaper {
             Err(_) => None,
         };
         // The queue: the newest is shed when it is full.
-        if inner.waiting.fetch_add(1, Ordering::Relaxed) >= inner.queue_size {
+        if inner.waiting.fetch_add(1, Ordering::Relaxed) >= inner.queue_size.load(Ordering::Relaxed) {
             inner.waiting.fetch_sub(1, Ordering::Relaxed);
             inner.shed(ShedReason::QueueFull);
             return Err(ShedReason::QueueFull);
@@ -325,7 +353,7 @@ impl Shaper {
         inner.metrics.waiting.inc();
         let _slot = QueueSlot(inner);
         inner.metrics.queued.inc();
-        let deadline = Instant::now() + inner.queue_wait;
+        let deadline = Instant::now() + Duration::from_nanos(inner.queue_wait.load(Ordering::Relaxed));
         let permit = match permit {
             Some(p) => p,
             None => match tokio::time::timeout_at(deadline, inner.inflight.clone().acquire_owned()).await {
@@ -350,6 +378,41 @@ impl Shaper {
         Ok(self.grant(permit, false))
     }
 
+    /// Applies reloaded `[upstream]` shaping keys while misses are in
+    /// flight. The bucket keeps its level; per-client shares start afresh
+    /// when their keys change; a lower in-flight cap takes effect as the
+    /// queries above it finish (none is cut off).
+    pub fn retune(&self, new: ShaperSettings) {
+        let inner = &*self.0;
+        let mut current = inner.settings.lock().unwrap_or_else(|e| e.into_inner());
+        if (new.qps, new.burst) != (current.qps, current.burst) {
+            inner.bucket.set_rate(new.qps, new.burst);
+        }
+        if (new.per_client_qps, new.per_client_burst) != (current.per_client_qps, current.per_client_burst) {
+            inner.clients.store(Clients::for_settings(&new).map(Arc::new));
+        }
+        inner.queue_wait.store(nanos(new.queue_wait), Ordering::Relaxed);
+        inner.queue_size.store(new.queue_size, Ordering::Relaxed);
+        let (old_cap, new_cap) = (current.max_inflight.max(1), new.max_inflight.max(1));
+        inner.max_inflight.store(new_cap, Ordering::Relaxed);
+        if new_cap > old_cap {
+            inner.inflight.add_permits(new_cap - old_cap);
+        } else if new_cap < old_cap {
+            let excess = old_cap - new_cap;
+            let rest = excess - inner.inflight.forget_permits(excess);
+            if rest > 0 {
+                // The rest are held by queries in flight: retire them as they come back.
+                let semaphore = inner.inflight.clone();
+                tokio::spawn(async move {
+                    if let Ok(permits) = semaphore.acquire_many_owned(rest as u32).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        *current = new;
+    }
+
     /// Leave from spare capacity, now or never: half the burst and half the
     /// in-flight slots stay for client misses. For refreshes, and for
     /// clients over their share.
@@ -360,7 +423,7 @@ impl Shaper {
     /// A spare grant that leaves `keep` tokens in the bucket.
     fn take_spare(&self, keep: u64) -> Option<Grant> {
         let inner = &*self.0;
-        if inner.inflight.available_permits() <= inner.max_inflight / 2 {
+        if inner.inflight.available_permits() <= inner.max_inflight.load(Ordering::Relaxed) / 2 {
             return None;
         }
         let permit = inner.inflight.clone().try_acquire_owned().ok()?;
@@ -449,7 +512,7 @@ impl Pace for Grant {
         let (keep, max_wait) = if self.spare {
             (inner.spare_keep(), 0)
         } else {
-            (0, nanos(inner.queue_wait))
+            (0, inner.queue_wait.load(Ordering::Relaxed))
         };
         let now_at = Instant::now();
         match inner
@@ -568,6 +631,89 @@ mod tests {
         assert_eq!(m.granted_client.get() as usize, times.len());
         assert!(m.queued.get() > 0);
         assert_eq!(m.waiting.get(), 0, "the queue is empty again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retune_moves_the_inflight_cap_without_cutting_queries_off() {
+        let (s, _) = shaper(ShaperSettings {
+            qps: 1000,
+            burst: 100,
+            max_inflight: 4,
+            ..settings()
+        });
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(s.admit(A).await.expect("within the cap"));
+        }
+        s.retune(ShaperSettings {
+            qps: 1000,
+            burst: 100,
+            max_inflight: 2,
+            ..settings()
+        });
+        // The four in flight keep their grants; the slots retire as they finish.
+        held.truncate(1);
+        tokio::task::yield_now().await;
+        assert_eq!(s.0.inflight.available_permits(), 1, "three back, two of them retired");
+        drop(held);
+        tokio::task::yield_now().await;
+        assert_eq!(s.0.inflight.available_permits(), 2);
+        s.retune(ShaperSettings {
+            qps: 1000,
+            burst: 100,
+            max_inflight: 6,
+            ..settings()
+        });
+        assert_eq!(s.0.inflight.available_permits(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retune_changes_rates_and_shares_in_place() {
+        let (s, m) = shaper(ShaperSettings {
+            qps: 10,
+            burst: 5,
+            queue_wait: Duration::ZERO,
+            ..settings()
+        });
+        let taken = |n: usize| {
+            let s = s.clone();
+            async move {
+                let mut ok = 0;
+                for _ in 0..n {
+                    if let Ok(g) = s.admit(A).await {
+                        ok += 1;
+                        drop(g);
+                    }
+                }
+                ok
+            }
+        };
+        assert_eq!(taken(20).await, 5, "the burst of 5");
+        s.retune(ShaperSettings {
+            qps: 10,
+            burst: 50,
+            queue_wait: Duration::ZERO,
+            ..settings()
+        });
+        // A bigger bucket at the same level (5 taken): 45 more tokens now.
+        assert_eq!(taken(100).await, 45);
+        assert_eq!(m.shed_count(ShedReason::ClientShare), 0);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        s.retune(ShaperSettings {
+            qps: 10,
+            burst: 50,
+            queue_wait: Duration::ZERO,
+            per_client_qps: 2,
+            per_client_burst: 2,
+            ..settings()
+        });
+        // Shares from now on: 2 of the client's own, then spare tokens while its borrowing stays low.
+        let after = taken(100).await;
+        assert!(after < 50, "{after} admitted with shares on");
+        assert!(
+            m.shed_count(ShedReason::ClientShare) > 0,
+            "shares apply after the retune"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -222,6 +222,11 @@ impl Upstreams {
         &self.addrs
     }
 
+    /// The time allowed for one try.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Resolve one question; `dnssec_ok` sets the DO bit; `checking_disabled` the CD bit.
     ///
     /// Returns the first NOERROR or NXDOMAIN response from a server, tried in

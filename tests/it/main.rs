@@ -15,6 +15,7 @@ mod hub;
 mod node_iface;
 mod observability;
 mod protection;
+mod reload;
 mod shortcut;
 mod smoke;
 mod support;

@@ -22,7 +22,7 @@ use nodens::node::admin::{probe, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::support::server::http_get;
+use crate::support::server::{free_port, http_get};
 
 /// UDP client sockets (distinct source ports, so the kernel's hash spreads them over both agents).
 const CLIENTS: usize = 16;
@@ -35,17 +35,6 @@ const TCP_CLIENTS: usize = 2;
 const NAME: &str = "kubernetes.default.svc.cluster.local";
 /// How long the old agent is frozen with its queues filling before SIGTERM.
 const PAUSE: Duration = Duration::from_millis(300);
-
-/// A port free for both UDP and TCP on 127.0.0.1.
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nodens::app::{App, Running};
 use nodens::config::Config;
+use nodens::reload::ConfigSource;
 
 /// A config for tests: loopback listener and admin on port 0, one worker,
 /// short upstream timeout, the given upstreams (never the machine's
@@ -45,6 +46,23 @@ impl Nodens {
             dns,
             admin,
         }
+    }
+
+    /// Like `start`, with reloads reading `source` (a config file).
+    pub async fn start_reloading(config: Config, source: ConfigSource) -> Nodens {
+        let app = App::build(config).expect("nodens builds").reload_from(source);
+        let running = app.spawn().expect("nodens spawns");
+        let dns = running.dns_addrs()[0];
+        let admin = running.admin_addr();
+        Nodens {
+            running: Some(running),
+            dns,
+            admin,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
     }
 
     /// Starts with `config(upstreams)`.
@@ -98,5 +116,17 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1, for a nodens process
+/// whose port the test must know before it starts.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
     }
 }
