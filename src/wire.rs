@@ -7,7 +7,11 @@
 //! Must not: allocate, follow compression pointers in a question, or trust
 //! any count in the header beyond what the bytes actually hold. Everything
 //! richer (building answers from upstream messages) belongs to hickory-proto
-//! on the miss path.
+//! on the miss path. `splice` copies a cached answer behind a CNAME,
+//! relocating its compression pointers.
+
+mod splice;
+pub use splice::splice_behind_cname;
 
 /// Length of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
