@@ -244,41 +244,39 @@ impl Reloader {
     pub fn reload(&self) -> Reload {
         // Held to the end: two reloads (a signal and the file watch) never interleave.
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = match self.source.load() {
-            Err(e) => Err(e),
-            Ok(file) => self.apply(&mut running, &file),
-        };
+        let outcome = self.source.load().and_then(|file| self.apply(&mut running, &file));
         let m = &self.metrics;
-        match outcome {
+        let (changed, restart) = match outcome {
+            Ok(keys) => keys,
             Err(e) => {
                 tracing::error!(error = %e, "config reload rejected; the running config stays");
                 m.reloads.with_label_values(&["rejected"]).inc();
                 m.last_reload_successful.set(0);
-                Reload::Rejected(e.to_string())
+                return Reload::Rejected(e.to_string());
             }
-            Ok(reload) => {
-                let (result, restart) = match &reload {
-                    Reload::Applied { changed, restart } => {
-                        tracing::info!(changed = %changed.join(","), "config reloaded");
-                        ("applied", restart)
-                    }
-                    Reload::Unchanged { restart } => ("unchanged", restart),
-                    Reload::Rejected(_) => unreachable!("apply does not reject"),
-                };
-                if !restart.is_empty() {
-                    tracing::warn!(keys = %restart.join(","), "config keys changed that apply only at the next start");
-                }
-                m.reloads.with_label_values(&[result]).inc();
-                m.restart_required.set(i64::from(!restart.is_empty()));
-                m.last_reload_successful.set(1);
-                m.last_reload_success_timestamp.set(unix_now());
-                reload
-            }
+        };
+        if !restart.is_empty() {
+            tracing::warn!(keys = %restart.join(","), "config keys changed that apply only at the next start");
         }
+        m.restart_required.set(i64::from(!restart.is_empty()));
+        m.last_reload_successful.set(1);
+        m.last_reload_success_timestamp.set(unix_now());
+        if changed.is_empty() {
+            m.reloads.with_label_values(&["unchanged"]).inc();
+            return Reload::Unchanged { restart };
+        }
+        tracing::info!(changed = %changed.join(","), "config reloaded");
+        m.reloads.with_label_values(&["applied"]).inc();
+        Reload::Applied { changed, restart }
     }
 
-    /// Puts the live keys of `file` (valid) in place over `running`.
-    fn apply(&self, running: &mut Config, file: &Config) -> Result<Reload, ConfigError> {
+    /// Puts the live keys of `file` (valid) in place over `running`; returns
+    /// the live keys that changed and the restart-only keys that differ.
+    fn apply(
+        &self,
+        running: &mut Config,
+        file: &Config,
+    ) -> Result<(Vec<&'static str>, Vec<&'static str>), ConfigError> {
         let differ = differences(running, file);
         let changed: Vec<&'static str> = differ.iter().filter(|(_, live)| *live).map(|(k, _)| *k).collect();
         let restart: Vec<&'static str> = differ.iter().filter(|(_, live)| !*live).map(|(k, _)| *k).collect();
@@ -297,10 +295,7 @@ impl Reloader {
         p.shaper().retune(crate::app::shaper_settings(&next.upstream));
         p.replace_live(live);
         *running = next;
-        Ok(match changed.is_empty() {
-            true => Reload::Unchanged { restart },
-            false => Reload::Applied { changed, restart },
-        })
+        Ok((changed, restart))
     }
 
     /// Reloads whenever the file's content changes, checked every
@@ -317,13 +312,15 @@ impl Reloader {
                 _ = tokio::time::sleep(wait) => {}
                 _ = crate::front::tcp::stopped(&mut shutdown) => return,
             }
-            if every.is_zero() || !self.source.changed() {
+            if every.is_zero() {
                 continue;
             }
             let this = self.clone();
             // Reading and validating a file is blocking work: off the runtime's workers.
-            match tokio::task::spawn_blocking(move || this.reload()).await {
-                Ok(outcome) => tracing::debug!(?outcome, "config file changed"),
+            let check = move || this.source.changed().then(|| this.reload());
+            match tokio::task::spawn_blocking(check).await {
+                Ok(Some(outcome)) => tracing::debug!(?outcome, "config file changed"),
+                Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "config reload task failed"),
             }
         }

@@ -158,9 +158,16 @@ async fn agent_follows_the_hub_through_creates_updates_and_deletes() {
     api.create(headless_service("other", "peers"));
     api.create(endpoint_slice("other", "peers-1", "peers", &["10.2.0.1"]));
     api.delete(Resource::EndpointSlices, "other", "peers-1");
+    // Every change is in (services and slices come on separate watches, so
+    // wait for the last of each kind, not for one of them).
     assert!(
         eventually(CONVERGE, || {
-            hub.index().load().services.len() == 4 && !hub.index().load().ptr.contains_key(&ip("10.2.0.1"))
+            let hub = hub.index().load();
+            hub.services.len() == 4
+                && !hub.ptr.contains_key(&ip("10.2.0.1"))
+                && hub.ptr.contains_key(&ip("fd00::1:3"))
+                && !hub.ptr.contains_key(&ip("10.1.0.1"))
+                && hub.ptr.contains_key(&ip("10.96.0.50"))
         })
         .await
     );
