@@ -408,9 +408,9 @@ impl Entry {
         // the CNAME (wire::splice). It declines what it cannot copy exactly:
         // an answer over the limit, a record type it does not know.
         let ttl = |t: u32| t.min(self.ttl).saturating_sub(elapsed);
+        let (stored, rcode) = (&self.wire[..], self.rcode);
         if self.question_is(target)
-            && wire::splice_behind_cname(msg, query, &self.wire, self.rcode, cname_ttl, ttl, limit, our_udp_size, out)
-                .is_some()
+            && wire::splice_behind_cname(msg, query, stored, rcode, cname_ttl, ttl, limit, our_udp_size, out).is_some()
         {
             return Ok(());
         }
