@@ -390,8 +390,55 @@ fn iptables_rules_are_installed_once_and_removed() {
 /// agent, and `nodens teardown` removes it.
 #[test]
 fn serve_sets_up_the_interface_and_teardown_removes_it() {
-    in_netns(|| {
-        Box::pin(async {
+    serve_and_teardown(false);
+}
+
+/// As the image runs it: uid 65532, CAP_NET_BIND_SERVICE and CAP_NET_ADMIN
+/// only as file capabilities of the binary (deploy/Dockerfile), no tools.
+#[test]
+fn a_non_root_agent_with_file_capabilities_sets_up_its_node() {
+    serve_and_teardown(true);
+}
+
+/// The binary with the image's file capabilities, in a directory uid 65532
+/// can read; None (after saying why) where that cannot be made here.
+fn binary_with_file_caps(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    // setcap has no --version: that it can be started is enough.
+    if Command::new("setcap").stderr(Stdio::null()).output().is_err() {
+        eprintln!("SKIPPED: `setcap` is not installed (apt-get install libcap2-bin; .ci/run does)");
+        return None;
+    }
+    // SAFETY: statvfs(2) writes only into the struct we pass.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    if unsafe { libc::statvfs(path.as_ptr(), &mut fs) } != 0 || fs.f_flag & libc::ST_NOSUID != 0 {
+        eprintln!(
+            "SKIPPED: {} is mounted nosuid: file capabilities would not apply",
+            dir.display()
+        );
+        return None;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("nodens");
+    std::fs::copy(env!("CARGO_BIN_EXE_nodens"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let set = Command::new("setcap")
+        .arg("cap_net_bind_service,cap_net_admin=+ep")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    if !set.status.success() {
+        let why = String::from_utf8_lossy(&set.stderr);
+        eprintln!("SKIPPED: setcap failed here ({}); run as root", why.trim());
+        return None;
+    }
+    Some(bin)
+}
+
+fn serve_and_teardown(image_user: bool) {
+    in_netns(move || {
+        Box::pin(async move {
             nf_tables_here()?;
             let dir = tempfile::tempdir().unwrap();
             // The agent runs with an empty PATH: the nftables backend must
@@ -408,14 +455,25 @@ fn serve_sets_up_the_interface_and_teardown_removes_it() {
             )
             .unwrap();
             let bin = env!("CARGO_BIN_EXE_nodens");
-            let child = Command::new(bin)
+            let agent = match image_user {
+                false => std::path::PathBuf::from(bin),
+                true => binary_with_file_caps(dir.path())?,
+            };
+            let mut serve = Command::new(&agent);
+            serve
                 .args(["serve", "--setup-interface", "--config"])
                 .arg(&config)
                 .env("PATH", &no_tools)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+                .stderr(Stdio::piped());
+            if image_user {
+                use std::os::unix::fs::PermissionsExt;
+                use std::os::unix::process::CommandExt;
+                std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+                // Supplementary groups are dropped too (std calls setgroups when uid is set).
+                serve.uid(65532).gid(65532);
+            }
+            let child = serve.spawn().unwrap();
             let server: SocketAddr = "169.254.20.10:53".parse().unwrap();
             let mut answered = false;
             for attempt in 0..100u16 {
