@@ -57,7 +57,7 @@ enum Command {
     /// Print the zone's cluster services as a `kubectl get svc -A -o yaml`
     /// dump, for a resolver that serves the cluster zone itself
     /// (`nodens serve --cluster-state FILE`).
-    ClusterState(ZoneArgs),
+    ClusterState(ClusterStateArgs),
 }
 
 /// The zone both sides generate; the bench and its upstream must agree.
@@ -86,6 +86,20 @@ impl ZoneArgs {
             cluster_domain: self.cluster_domain.clone(),
         }
     }
+}
+
+#[derive(Args, Debug)]
+struct ClusterStateArgs {
+    #[command(flatten)]
+    zone: ZoneArgs,
+    /// Also write EndpointSlices with this many ready endpoints, dealt evenly
+    /// over the services (for a cluster of realistic size: `benches/memory.sh`).
+    #[arg(long, default_value_t = 0)]
+    endpoints: usize,
+    /// Make this share of the services headless, spread evenly; they answer
+    /// with their endpoints, not the address the bench upstream gives them.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    headless_share: f64,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +205,14 @@ struct RunArgs {
     zone: ZoneArgs,
 }
 
+fn parse_share(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&f) {
+        return Err(format!("{f} is not within [0, 1]"));
+    }
+    Ok(f)
+}
+
 fn parse_mix(s: &str) -> Result<(Kind, f64), String> {
     use clap::ValueEnum;
     let (k, f) = s.split_once(':').ok_or("expected WORKLOAD:FRACTION, e.g. hit:0.5")?;
@@ -206,8 +228,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Upstream(a)) => serve_upstream(a),
-        Some(Command::ClusterState(z)) => {
-            print!("{}", zone::cluster_state_yaml(&z.spec()));
+        Some(Command::ClusterState(c)) => {
+            let extra = zone::ClusterExtra {
+                endpoints: c.endpoints,
+                headless_share: c.headless_share,
+            };
+            print!("{}", zone::cluster_state_yaml(&c.zone.spec(), &extra));
             Ok(())
         }
         None => run(cli.run),

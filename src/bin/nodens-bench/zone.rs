@@ -188,10 +188,43 @@ pub fn service_ip(spec: &ZoneSpec, j: usize, k: usize) -> [u8; 4] {
     (0x0a60_0000u32 | n).to_be_bytes()
 }
 
-/// The cluster as `kubectl get svc -A -o yaml` prints it: one ClusterIP
-/// Service per zone service, so a resolver with its own cluster zone (nodens'
-/// `--cluster-state`) serves what this upstream serves.
-pub fn cluster_state_yaml(spec: &ZoneSpec) -> String {
+/// What `cluster_state_yaml` adds to the zone's services for a cluster of
+/// realistic size (`benches/memory.sh`); the bench upstream knows nothing of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClusterExtra {
+    /// Ready pod endpoints, dealt evenly over all services in EndpointSlices
+    /// of at most `SLICE_MAX` endpoints (real clusters have slices for
+    /// ClusterIP and headless services alike).
+    pub endpoints: usize,
+    /// Share of services made headless (`clusterIP: None`), spread evenly:
+    /// their endpoints are what the index publishes. A headless service's
+    /// name then answers with its endpoints, not the address the upstream
+    /// gives it, so keep 0 for runs that compare answers with the upstream.
+    pub headless_share: f64,
+}
+
+/// Endpoints per EndpointSlice, as the EndpointSlice controller cuts them.
+pub const SLICE_MAX: usize = 100;
+
+impl ClusterExtra {
+    /// Whether the `n`th service (`j * services + k`) is headless.
+    pub fn headless(&self, n: usize) -> bool {
+        let share = self.headless_share.clamp(0.0, 1.0);
+        ((n + 1) as f64 * share).floor() > (n as f64 * share).floor()
+    }
+}
+
+/// The pod address of endpoint `e`: 10.128.0.1 on (10.128.0.0/9 holds eight
+/// million).
+pub fn endpoint_ip(e: usize) -> [u8; 4] {
+    (0x0a80_0000u32 | ((e + 1) as u32 & 0x007f_ffff)).to_be_bytes()
+}
+
+/// The cluster as `kubectl get svc,endpointslices -A -o yaml` prints it: one
+/// ClusterIP Service per zone service, so a resolver with its own cluster zone
+/// (nodens' `--cluster-state`) serves what this upstream serves; with
+/// `extra`, also EndpointSlices and headless services.
+pub fn cluster_state_yaml(spec: &ZoneSpec, extra: &ClusterExtra) -> String {
     use std::fmt::Write as _;
     let mut y = String::from(
         "# The nodens-bench cluster: `nodens-bench cluster-state` for the same\n\
@@ -199,18 +232,48 @@ pub fn cluster_state_yaml(spec: &ZoneSpec) -> String {
          #   kubectl get svc,endpointslices -A -o yaml\n\
          apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n",
     );
+    let total = spec.namespaces * spec.services;
+    let mut next_ep = 0usize;
     for j in 0..spec.namespaces {
         for k in 0..spec.services {
-            let [a, b, c, d] = service_ip(spec, j, k);
-            let _ = write!(
-                y,
-                "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: {svc}\n    namespace: {ns}\n  \
-                 spec:\n    clusterIP: {a}.{b}.{c}.{d}\n    clusterIPs:\n    - {a}.{b}.{c}.{d}\n    \
-                 ipFamilies:\n    - IPv4\n    ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      \
-                 port: 80\n      protocol: TCP\n    type: ClusterIP\n",
-                svc = service_label(k),
-                ns = namespace_label(j),
-            );
+            let n = j * spec.services + k;
+            let (svc, ns) = (service_label(k), namespace_label(j));
+            if extra.headless(n) {
+                let _ = write!(
+                    y,
+                    "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: {svc}\n    namespace: {ns}\n  \
+                     spec:\n    clusterIP: None\n    clusterIPs:\n    - None\n    ports:\n    - name: http\n      \
+                     port: 80\n      protocol: TCP\n    type: ClusterIP\n",
+                );
+            } else {
+                let [a, b, c, d] = service_ip(spec, j, k);
+                let _ = write!(
+                    y,
+                    "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: {svc}\n    namespace: {ns}\n  \
+                     spec:\n    clusterIP: {a}.{b}.{c}.{d}\n    clusterIPs:\n    - {a}.{b}.{c}.{d}\n    \
+                     ipFamilies:\n    - IPv4\n    ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      \
+                     port: 80\n      protocol: TCP\n    type: ClusterIP\n",
+                );
+            }
+            // Service n gets an even share of the endpoints, the first ones one more.
+            let mine = extra.endpoints / total + usize::from(n < extra.endpoints % total);
+            for (m, first) in (0..mine).step_by(SLICE_MAX).enumerate() {
+                let _ = write!(
+                    y,
+                    "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata:\n    \
+                     name: {svc}-{m}\n    namespace: {ns}\n    labels:\n      \
+                     kubernetes.io/service-name: {svc}\n  addressType: IPv4\n  ports:\n  - name: http\n    \
+                     port: 8080\n    protocol: TCP\n  endpoints:\n",
+                );
+                for _ in first..mine.min(first + SLICE_MAX) {
+                    let [a, b, c, d] = endpoint_ip(next_ep);
+                    next_ep += 1;
+                    let _ = write!(
+                        y,
+                        "  - addresses:\n    - {a}.{b}.{c}.{d}\n    conditions:\n      ready: true\n"
+                    );
+                }
+            }
         }
     }
     y
@@ -327,7 +390,7 @@ mod tests {
     #[test]
     fn cluster_state_lists_every_service_with_its_zone_address() {
         let s = spec();
-        let y = cluster_state_yaml(&s);
+        let y = cluster_state_yaml(&s, &ClusterExtra::default());
         assert_eq!(y.matches("kind: Service").count(), 6);
         assert!(y.contains("name: svc2\n    namespace: ns1\n"));
         // svc2.ns1 is the 6th service: 10.96.0.6, in the zone and the dump.
@@ -338,6 +401,60 @@ mod tests {
             panic!("service should exist")
         };
         assert_eq!(a.v4, [10, 96, 0, 6]);
+    }
+
+    #[test]
+    fn cluster_state_with_endpoints_loads_into_the_index() {
+        let s = ZoneSpec {
+            names: 0,
+            namespaces: 3,
+            services: 4,
+            cluster_domain: "cluster.local".into(),
+        };
+        // 12 services, a quarter headless; 250 endpoints: 21 or 20 each, so one slice each.
+        let extra = ClusterExtra {
+            endpoints: 250,
+            headless_share: 0.25,
+        };
+        let y = cluster_state_yaml(&s, &extra);
+        assert_eq!(y.matches("kind: Service\n").count(), 12);
+        assert_eq!(y.matches("clusterIP: None").count(), 3);
+        assert_eq!(y.matches("kind: EndpointSlice").count(), 12);
+        let m = nodens::metrics::Metrics::new(prometheus::Registry::new())
+            .unwrap()
+            .cluster;
+        let state = nodens::cluster::source::static_file::parse(std::path::Path::new("t.yaml"), y.as_bytes(), &m)
+            .expect("nodens reads the dump");
+        assert_eq!((state.services.len(), state.slices.len(), state.skipped), (12, 12, 0));
+        let eps: usize = state.slices.iter().map(|s| s.endpoints.len()).sum();
+        assert_eq!(eps, 250);
+        let (mut w, _) = nodens::cluster::index::new_index();
+        nodens::cluster::source::static_file::publish(&mut w, &m, state);
+        assert_eq!(w.service_count(), 12);
+        // The headless ones (services 3, 7, 11: the 3rd gets 20, the others 21) publish theirs.
+        assert_eq!(w.endpoint_count(), 21 + 21 + 20);
+
+        // Big services are cut into slices of SLICE_MAX; addresses never repeat.
+        let big = cluster_state_yaml(
+            &ZoneSpec {
+                services: 1,
+                namespaces: 1,
+                ..s
+            },
+            &ClusterExtra {
+                endpoints: 250,
+                headless_share: 1.0,
+            },
+        );
+        assert_eq!(big.matches("kind: EndpointSlice").count(), 3);
+        let ips: std::collections::HashSet<&str> = big.lines().filter(|l| l.starts_with("    - 10.128.")).collect();
+        assert_eq!(ips.len(), 250);
+        assert_eq!(
+            cluster_state_yaml(&spec(), &ClusterExtra::default())
+                .matches("EndpointSlice\n")
+                .count(),
+            0
+        );
     }
 
     #[test]
