@@ -274,7 +274,7 @@ pub struct TcpConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Cache capacity in bytes (entries are weighed by their encoded size).
+    /// Cache capacity in bytes (an entry weighs the heap it takes, bookkeeping included).
     pub max_bytes: u64,
     pub min_ttl: u32,
     pub max_ttl: u32,

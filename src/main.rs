@@ -8,6 +8,18 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nodens::config::{parse_server, Config};
 
+/// jemalloc rather than glibc malloc: the cache's churn across worker
+/// threads fragments glibc's arenas (benches/memory.sh; Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's background thread returns freed pages to the kernel on its own
+/// time (after `dirty_decay_ms`), not only when another allocation happens
+/// to trigger the purge: an idle agent after a burst gives its memory back.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,max_background_threads:1\0";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nodens",
