@@ -390,6 +390,7 @@ async fn no_query_is_lost_across_reloads() {
         client.await.unwrap();
     }
     let (sent, lost) = (sent.load(Ordering::Relaxed), lost.load(Ordering::Relaxed));
+    eprintln!("{sent} queries across 40 reloads, {lost} unanswered or SERVFAIL");
     assert!(sent > 400, "the load ran: {sent} queries");
     assert_eq!(
         lost, 0,
