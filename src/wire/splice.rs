@@ -16,7 +16,9 @@
 //! Owns: nothing but bytes. Must not: allocate beyond `out`, panic on any
 //! input, or write a pointer it did not check.
 
-use super::{answer_flags, be16, write_header, write_opt, Query, HEADER_LEN, MAX_NAME_LEN, OPT_LEN};
+use super::{
+    answer_flags, be16, scan_question_name, write_header, write_opt, Query, HEADER_LEN, MAX_NAME_LEN, OPT_LEN,
+};
 
 /// Where a type's RDATA holds domain names, as a sequence of parts.
 #[derive(Clone, Copy)]
@@ -71,7 +73,7 @@ pub fn splice_behind_cname(
     if stored.len() < HEADER_LEN || be16(stored, 4) != 1 {
         return None;
     }
-    let target_end = question_name_end(stored, HEADER_LEN)?;
+    let target_end = scan_question_name(stored, HEADER_LEN)?;
     let target = &stored[HEADER_LEN..target_end];
     let records_at = target_end + 4;
     if records_at > stored.len() {
@@ -148,24 +150,6 @@ pub fn splice_behind_cname(
         write_opt(out, at, our_udp_size, e.dnssec_ok, 0);
     }
     Some(())
-}
-
-/// The end of the uncompressed question name at `at`.
-fn question_name_end(msg: &[u8], mut at: usize) -> Option<usize> {
-    let start = at;
-    loop {
-        let len = usize::from(*msg.get(at)?);
-        if len & 0xc0 != 0 {
-            return None;
-        }
-        at += 1 + len;
-        if at - start > MAX_NAME_LEN || at > msg.len() {
-            return None;
-        }
-        if len == 0 {
-            return Some(at);
-        }
-    }
 }
 
 /// Copies the name at `at` in `msg` to `out`, labels as they are and a

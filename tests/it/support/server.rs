@@ -37,20 +37,15 @@ pub struct Nodens {
 impl Nodens {
     /// Builds and spawns the app on the current (multi-thread) runtime.
     pub async fn start(config: Config) -> Nodens {
-        let app = App::build(config).expect("nodens builds");
-        let running = app.spawn().expect("nodens spawns");
-        let dns = running.dns_addrs()[0];
-        let admin = running.admin_addr();
-        Nodens {
-            running: Some(running),
-            dns,
-            admin,
-        }
+        Nodens::spawn(App::build(config).expect("nodens builds"))
     }
 
     /// Like `start`, with reloads reading `source` (a config file).
     pub async fn start_reloading(config: Config, source: ConfigSource) -> Nodens {
-        let app = App::build(config).expect("nodens builds").reload_from(source);
+        Nodens::spawn(App::build(config).expect("nodens builds").reload_from(source))
+    }
+
+    fn spawn(app: App) -> Nodens {
         let running = app.spawn().expect("nodens spawns");
         let dns = running.dns_addrs()[0];
         let admin = running.admin_addr();
