@@ -187,6 +187,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async {
+        // First: a signal during the interface setup or a wait for the admin
+        // port is then handled (after start-up), not fatal by default action.
+        let mut signals = Signals::install()?;
         if config.node.setup_interface {
             // Before binding: the listen address lives on this interface.
             nodens::node::setup(&config)
@@ -201,7 +204,7 @@ fn main() -> anyhow::Result<()> {
             // Reading the file is blocking work: off the runtime's workers.
             drop(tokio::task::spawn_blocking(move || reloader.reload()));
         };
-        shutdown_signal(reload).await?;
+        signals.wait(reload).await;
         tracing::info!("signal received, draining");
         running.shutdown().await;
         Ok(())
@@ -239,11 +242,12 @@ fn hub(args: HubArgs) -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async {
+        let mut signals = Signals::install()?;
         let source = nodens::hub::HubSource::from_config(&config).await?;
         let hub = nodens::hub::Hub::start(&config, source)?;
         let reload =
             || tracing::warn!("SIGHUP: nodens hub reads its config at start only; restart it to apply changes");
-        shutdown_signal(reload).await?;
+        signals.wait(reload).await;
         tracing::info!("signal received, stopping the hub");
         hub.shutdown().await;
         Ok(())
@@ -284,17 +288,31 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     nodens::node::admin::probe(&args.file, what, args.timeout).map_err(anyhow::Error::msg)
 }
 
-/// Waits for SIGTERM or SIGINT; calls `reload` on every SIGHUP meanwhile.
-async fn shutdown_signal(reload: impl Fn()) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(),
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from `install` on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; calls `reload` on every SIGHUP meanwhile.
+    async fn wait(&mut self, reload: impl Fn()) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => reload(),
+            }
         }
     }
 }
