@@ -550,3 +550,47 @@ fn check_says_what_a_reload_would() {
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
     assert!(String::from_utf8_lossy(&good.stdout).ends_with("valid\n"));
 }
+
+/// The hub reads its config at start only: SIGHUP is logged, not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_the_hub() {
+    use std::io::BufRead;
+    let (listen, admin_port) = (free_port(), free_port());
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example-cluster.yaml");
+    let mut hub = Command::new(env!("CARGO_BIN_EXE_nodens"))
+        .args(["hub", "--cluster-state", cluster])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{listen}"))
+        .arg("--admin")
+        .arg(admin.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the hub starts");
+    // The hub's log, line by line, as it comes.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = hub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(admin).await.is_ok() && http_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready, "the hub did not become ready");
+    signal(&hub, libc::SIGHUP);
+    // The signal was handled when the hub says so (the default action would have ended it).
+    let handled = std::iter::from_fn(|| rx.recv_timeout(T).ok()).any(|line| line.contains("SIGHUP"));
+    assert!(handled, "no log line for SIGHUP");
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert!(hub.try_wait().unwrap().is_none(), "SIGHUP stopped the hub");
+    signal(&hub, libc::SIGTERM);
+    let status = hub.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
