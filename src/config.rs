@@ -91,6 +91,11 @@ pub struct HubConfig {
     pub heartbeat: Duration,
     /// Open streams at once; more wait in the kernel's backlog.
     pub max_subscribers: usize,
+    /// PEM certificate chain served to agents; with `tls_key`, the hub speaks
+    /// HTTP/2 over TLS instead of h2c. Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -104,6 +109,8 @@ impl Default for HubConfig {
             history_bytes: 64 << 20,
             heartbeat: Duration::from_secs(5),
             max_subscribers: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -233,6 +240,11 @@ pub struct ClusterConfig {
     pub hub_fallback_after: Duration,
     #[serde(deserialize_with = "duration")]
     pub hub_fallback_jitter: Duration,
+    /// PEM CA bundle: set, the agent connects to its hubs over TLS and
+    /// trusts a hub certificate only if it chains to one of these.
+    pub hub_ca: Option<PathBuf>,
+    /// The name the hub's certificate must carry (hub addresses are IP:port).
+    pub hub_server_name: String,
 }
 
 impl Default for ClusterConfig {
@@ -255,6 +267,8 @@ impl Default for ClusterConfig {
             hub_fallback: false,
             hub_fallback_after: Duration::from_secs(120),
             hub_fallback_jitter: Duration::from_secs(300),
+            hub_ca: None,
+            hub_server_name: "nodens-hub.kube-system.svc".into(),
         }
     }
 }
@@ -599,6 +613,20 @@ impl Config {
             let jitter = k.hub_fallback_jitter;
             return Err(invalid("cluster.hub_fallback_jitter", jitter, "must be at most 1h"));
         }
+        if k.hub_ca.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid(
+                "cluster.hub_ca",
+                &k.hub_ca,
+                "must be a file path (unset: no TLS)",
+            ));
+        }
+        if rustls_pki_types::ServerName::try_from(k.hub_server_name.as_str()).is_err() {
+            return Err(invalid(
+                "cluster.hub_server_name",
+                &k.hub_server_name,
+                "must be a DNS name or an IP address (the name in the hub's certificate)",
+            ));
+        }
         Ok(())
     }
 
@@ -628,6 +656,16 @@ impl Config {
         }
         if h.max_subscribers == 0 {
             return Err(invalid("hub.max_subscribers", h.max_subscribers, "must be at least 1"));
+        }
+        for (key, path) in [("hub.tls_cert", &h.tls_cert), ("hub.tls_key", &h.tls_key)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(key, path, "must be a file path (unset: no TLS)"));
+            }
+        }
+        match (&h.tls_cert, &h.tls_key) {
+            (Some(_), None) => return Err(invalid("hub.tls_key", &h.tls_key, "is required with hub.tls_cert")),
+            (None, Some(_)) => return Err(invalid("hub.tls_cert", &h.tls_cert, "is required with hub.tls_key")),
+            _ => {}
         }
         Ok(())
     }
@@ -804,6 +842,12 @@ mod tests {
             ("[cluster]\nsource = \"hub\"", &["cluster.hub", "--hub"]),
             ("[cluster]\nhub = [\"0.0.0.0:8053\"]", &["cluster.hub", "0.0.0.0:8053"]),
             ("[cluster]\nhub_timeout = \"10ms\"", &["cluster.hub_timeout", "10ms"]),
+            ("[cluster]\nhub_ca = \"\"", &["cluster.hub_ca"]),
+            (
+                "[cluster]\nhub_server_name = \"not a name\"",
+                &["cluster.hub_server_name", "not a name"],
+            ),
+            ("[cluster]\nhub_server_name = \"\"", &["cluster.hub_server_name"]),
         ];
         for (text, needles) in cases {
             let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
@@ -822,6 +866,15 @@ mod tests {
             ("[hub]\nhistory = 0", &["hub.history", "0"]),
             ("[hub]\nheartbeat = \"5ms\"", &["hub.heartbeat", "5ms"]),
             ("[hub]\nmax_subscribers = 0", &["hub.max_subscribers"]),
+            (
+                "[hub]\ntls_cert = \"/etc/hub/tls.crt\"",
+                &["hub.tls_key", "hub.tls_cert"],
+            ),
+            (
+                "[hub]\ntls_key = \"/etc/hub/tls.key\"",
+                &["hub.tls_cert", "hub.tls_key"],
+            ),
+            ("[hub]\ntls_cert = \"\"\ntls_key = \"k\"", &["hub.tls_cert"]),
         ];
         for (text, needles) in cases {
             let config = Config::from_toml(text, "t.toml").unwrap();

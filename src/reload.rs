@@ -193,6 +193,8 @@ keys! {
     "cluster.hub_fallback": restart cluster.hub_fallback;
     "cluster.hub_fallback_after": restart cluster.hub_fallback_after;
     "cluster.hub_fallback_jitter": restart cluster.hub_fallback_jitter;
+    "cluster.hub_ca": restart cluster.hub_ca;
+    "cluster.hub_server_name": restart cluster.hub_server_name;
     "search.shortcut": live search.shortcut;
     "search.ndots": live search.ndots;
     "search.domains": live search.domains;
@@ -425,7 +427,8 @@ mod tests {
         let ClusterConfig {
             source: _, domain: _, static_file: _, static_poll_interval: _, kubeconfig: _, service_ttl: _,
             endpoint_ttl: _, negative_ttl: _, pods: _, reverse_cidrs: _, cluster_upstream: _, hub: _, hub_token: _,
-            hub_timeout: _, hub_fallback: _, hub_fallback_after: _, hub_fallback_jitter: _,
+            hub_timeout: _, hub_fallback: _, hub_fallback_after: _, hub_fallback_jitter: _, hub_ca: _,
+            hub_server_name: _,
         } = cluster;
         let SearchConfig {
             shortcut: _,

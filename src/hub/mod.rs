@@ -9,6 +9,7 @@
 //! - `feed`: the versioned index: the objects, the bounded delta history and
 //!   the cached snapshot, all encoded with `cluster::codec`.
 //! - `server`: the streaming endpoint (HTTP/2 or HTTP/1.1), auth, limits.
+//! - `tls`: the optional TLS for that endpoint (`hub.tls_cert`, `hub.tls_key`).
 //!
 //! Must not: depend on the agent's `hub` source (both depend on the index
 //! and its codec only), or write to the API server.
@@ -22,9 +23,16 @@
 //! buffers. It is also what DESIGN §5 and proxies in front of a Service
 //! expect. gRPC would add a schema compiler and a framework for one
 //! read-only stream. The stream is the index's own codec frames.
+//!
+//! TLS (optional, off by default): with `hub.tls_cert` and `hub.tls_key` the
+//! same endpoint is served over TLS only (ALPN h2, and http/1.1), so an agent
+//! holding the CA (`cluster.hub_ca`) can tell the real hub from anything else
+//! answering on its address; that stream decides every cluster answer on the
+//! node. The bearer token still authenticates the agent to the hub.
 
 pub mod feed;
 pub mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +70,8 @@ pub enum HubError {
     Admin(#[from] AdminError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// Where the hub's index comes from.
@@ -138,6 +148,11 @@ impl Hub {
     pub fn start(config: &Config, source: HubSource) -> Result<Hub, HubError> {
         config.validate_hub()?;
         let h = &config.hub;
+        // Before binding anything: a bad certificate or key stops the hub at start.
+        let tls = match (&h.tls_cert, &h.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let registry = prometheus::Registry::new();
         let cluster_metrics = ClusterMetrics::new(&registry)?;
         let metrics = HubMetrics::new(&registry)?;
@@ -183,6 +198,7 @@ impl Hub {
             heartbeat: h.heartbeat,
             max_subscribers: h.max_subscribers,
             batch_bytes: BATCH_BYTES,
+            tls,
         };
         let server = tokio::spawn(server::serve(
             listener,
@@ -192,7 +208,8 @@ impl Hub {
             metrics.clone(),
             stopped,
         ));
-        tracing::info!(%listen, admin = %admin.local_addr(), origin = feed.origin(), "nodens hub started");
+        let tls = h.tls_cert.is_some();
+        tracing::info!(%listen, admin = %admin.local_addr(), origin = feed.origin(), tls, "nodens hub started");
         Ok(Hub {
             listen,
             admin,

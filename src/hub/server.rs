@@ -19,7 +19,9 @@
 //! - a subscriber that fell out of the history gets a snapshot (a resnap).
 //!
 //! HTTP/2 (h2c, prior knowledge) and HTTP/1.1 (chunked) are both served;
-//! agents use HTTP/2, curl can use either. Answers: 401 without the shared
+//! agents use HTTP/2, curl can use either. With a TLS config (`super::tls`)
+//! both are served over TLS only: the handshake runs in the connection's
+//! task, under its permit and the head-read timeout, never in the accept loop. Answers: 401 without the shared
 //! token (when one is set), 503 until the hub's index first synced (the
 //! agent tries another hub), 400 for a bad query, 404/405 for anything else.
 
@@ -63,6 +65,8 @@ pub struct ServerSettings {
     pub max_subscribers: usize,
     /// Deltas sent to a subscriber that is behind go in chunks of about this size.
     pub batch_bytes: usize,
+    /// Serve over TLS with this config; `None`: cleartext (h2c, HTTP/1.1).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What a stream needs besides its cursor.
@@ -97,6 +101,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // Bounds what hyper queues per stream beyond the agent's window.
         .max_send_buf_size(settings.batch_bytes);
+    let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let ctx = Arc::new(Context {
         feed,
         index,
@@ -134,13 +139,27 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         dead_peer_limits(&stream);
-        let (http, ctx) = (http.clone(), ctx.clone());
+        let (http, ctx, tls) = (http.clone(), ctx.clone(), tls.clone());
         connections.spawn(async move {
             let svc = hyper::service::service_fn(|req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, &req, peer)) }
             });
-            if let Err(error) = http.serve_connection(TokioIo::new(stream), svc).await {
+            let served = match tls {
+                None => http.serve_connection(TokioIo::new(stream), svc).await,
+                Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Ok(Err(error)) => {
+                        debug!(%peer, %error, "hub TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        debug!(%peer, "hub TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(error) = served {
                 debug!(%peer, %error, "hub connection ended");
             }
             drop(permit);

@@ -68,6 +68,7 @@ fn settings(addrs: Vec<SocketAddr>) -> HubSettings {
         token: None,
         timeout: Duration::from_secs(2),
         fallback: None,
+        tls: None,
     }
 }
 

@@ -12,6 +12,7 @@ mod deploy;
 mod glibc;
 mod guard;
 mod hub;
+mod hub_tls;
 mod node_iface;
 mod observability;
 mod protection;

@@ -11,7 +11,11 @@
 //! Behaviour:
 //! - **Subscribe**: HTTP/2 (h2c) `GET /v1/index?origin=O&version=V` to an
 //!   address picked at random at start (agents spread over hub replicas),
-//!   `Authorization: Bearer` if `hub_token` is set. A snapshot is applied
+//!   `Authorization: Bearer` if `hub_token` is set. With `hub_ca`, over TLS
+//!   instead: the hub's certificate must chain to that bundle (and to no
+//!   other root) and name `hub_server_name`; one that does not is a failed
+//!   connection like any other. The bundle is read on every attempt, so a
+//!   rotated CA is picked up at the next reconnect. A snapshot is applied
 //!   with `replace_all` (one publish: no name disappears in between) and
 //!   marks the index synced; a delta with `apply_batch`.
 //! - **Resume**: the position goes with every reconnect; the hub answers
@@ -35,6 +39,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +49,8 @@ use hyper::header::{ACCEPT, AUTHORIZATION};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -73,6 +80,69 @@ pub struct HubSettings {
     /// A stream silent this long is dropped.
     pub timeout: Duration,
     pub fallback: Option<FallbackSettings>,
+    /// `None`: cleartext (h2c).
+    pub tls: Option<HubTls>,
+}
+
+/// TLS to the hubs (`cluster.hub_ca`, `cluster.hub_server_name`).
+#[derive(Clone, Debug)]
+pub struct HubTls {
+    /// The PEM CA bundle: the only roots a hub certificate may chain to.
+    pub ca: PathBuf,
+    /// The name verified (and sent as SNI): addresses are IP:port.
+    pub server_name: String,
+}
+
+/// A TLS client ready to connect (`HubTls::connector`).
+#[derive(Clone)]
+pub struct HubConnector {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for HubConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HubConnector({:?})", self.name)
+    }
+}
+
+impl HubTls {
+    /// Reads the CA bundle and builds the client: ring (the provider kube's
+    /// rustls uses), TLS 1.2/1.3, ALPN h2, no client certificate.
+    pub fn connector(&self) -> Result<HubConnector, SubscribeError> {
+        let fail = |reason: String| SubscribeError::Tls {
+            key: "cluster.hub_ca",
+            path: self.ca.clone(),
+            reason,
+        };
+        let pem = std::fs::read(&self.ca).map_err(|e| fail(format!("reading it: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| fail(format!("not a PEM bundle: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| fail(format!("a bad CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(fail("holds no PEM certificate".into()));
+        }
+        let name = ServerName::try_from(self.server_name.clone()).map_err(|e| SubscribeError::Tls {
+            key: "cluster.hub_server_name",
+            path: PathBuf::from(&self.server_name),
+            reason: e.to_string(),
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(HubConnector {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
 }
 
 /// The direct-watch fallback.
@@ -94,6 +164,10 @@ impl HubSettings {
                 jitter: c.hub_fallback_jitter,
                 kubeconfig: c.kubeconfig.clone(),
             }),
+            tls: c.hub_ca.clone().map(|ca| HubTls {
+                ca,
+                server_name: c.hub_server_name.clone(),
+            }),
         }
     }
 }
@@ -103,6 +177,16 @@ impl HubSettings {
 pub enum SubscribeError {
     #[error("connecting to hub {addr}: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },
+    /// The TLS client could not be set up (the CA bundle or the name).
+    #[error("config key `{key}` = {path:?}: {reason}")]
+    Tls {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The handshake failed: among others, a certificate that does not verify.
+    #[error("TLS with hub {addr}: {source}")]
+    Handshake { addr: SocketAddr, source: std::io::Error },
     #[error("hub {addr}: no answer within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("hub {addr}: {source}")]
@@ -145,6 +229,16 @@ impl Subscription {
         token: Option<&str>,
         position: Option<(u64, u64)>,
     ) -> Result<Subscription, SubscribeError> {
+        Subscription::open_with(addr, token, None, position).await
+    }
+
+    /// `open`, over TLS with `tls` (HTTP/2 negotiated by ALPN), or h2c without.
+    pub async fn open_with(
+        addr: SocketAddr,
+        token: Option<&str>,
+        tls: Option<&HubConnector>,
+        position: Option<(u64, u64)>,
+    ) -> Result<Subscription, SubscribeError> {
         let timeout = |_| SubscribeError::Timeout {
             addr,
             after: CONNECT_TIMEOUT,
@@ -155,23 +249,33 @@ impl Subscription {
             .map_err(timeout)?
             .map_err(|source| SubscribeError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
-        let (mut send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let mut h2 = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .initial_stream_window_size(WINDOW)
-            .initial_connection_window_size(WINDOW)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-            .await
-            .map_err(http)?;
-        let connection = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%addr, %error, "hub connection closed");
+            .initial_connection_window_size(WINDOW);
+        let (mut send, connection) = match tls {
+            None => {
+                let (send, conn) = h2.handshake::<_, Empty<Bytes>>(TokioIo::new(tcp)).await.map_err(http)?;
+                (send, tokio::spawn(drive(addr, conn)))
             }
-        });
+            Some(tls) => {
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(tls.name.clone(), tcp))
+                    .await
+                    .map_err(timeout)?
+                    .map_err(|source| SubscribeError::Handshake { addr, source })?;
+                let (send, conn) = h2
+                    .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await
+                    .map_err(http)?;
+                (send, tokio::spawn(drive(addr, conn)))
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let query = match position {
             Some((origin, version)) => format!("?origin={origin}&version={version}"),
             None => String::new(),
         };
-        let mut req = Request::get(format!("http://{addr}{INDEX_PATH}{query}")).header(ACCEPT, CONTENT_TYPE);
+        let mut req = Request::get(format!("{scheme}://{addr}{INDEX_PATH}{query}")).header(ACCEPT, CONTENT_TYPE);
         if let Some(token) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -239,6 +343,17 @@ impl Subscription {
     }
 }
 
+/// Runs an HTTP/2 client connection until it closes.
+async fn drive<F, E>(addr: SocketAddr, connection: F)
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(error) = connection.await {
+        debug!(%addr, %error, "hub connection closed");
+    }
+}
+
 /// What a session task reports to the source's loop (which owns the writer).
 enum Event {
     Opened,
@@ -254,7 +369,15 @@ async fn session(
     position: Option<(u64, u64)>,
     events: mpsc::Sender<(u64, Event)>,
 ) {
-    let mut sub = match Subscription::open(addr, settings.token.as_deref(), position).await {
+    let tls = match settings.tls.as_ref().map(HubTls::connector).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            let _ = events.send((id, Event::Closed(e))).await;
+            return;
+        }
+    };
+    let opened = Subscription::open_with(addr, settings.token.as_deref(), tls.as_ref(), position).await;
+    let mut sub = match opened {
         Ok(sub) => sub,
         Err(e) => {
             let _ = events.send((id, Event::Closed(e))).await;
@@ -598,6 +721,7 @@ mod tests {
             token: None,
             timeout: Duration::from_secs(1),
             fallback: None,
+            tls: None,
         };
         assert_eq!(draw_delay(&s), Duration::ZERO);
         s.fallback = Some(FallbackSettings {
