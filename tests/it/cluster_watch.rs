@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::support::kube_api::{
     endpoint_slice, external_name_service, headless_service, service, FakeKubeApi, Resource, Verb,
 };
+use crate::support::server::holds_within as eventually;
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -97,20 +98,6 @@ fn ips(index: &IndexHandle, ns: &str, name: &str) -> Option<Vec<IpAddr>> {
 
 fn addrs(list: &[&str]) -> Option<Vec<IpAddr>> {
     Some(list.iter().map(|a| a.parse().unwrap()).collect())
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

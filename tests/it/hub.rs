@@ -13,35 +13,22 @@ use hickory_proto::rr::{RData, RecordType};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodens::cluster::codec::{Frame, FrameReader, Objects};
-use nodens::cluster::index::{new_index, IndexHandle, Snapshot};
+use nodens::cluster::index::{IndexHandle, Snapshot};
 use nodens::cluster::model::Change;
-use nodens::cluster::source::hub::{self as hub_source, FallbackSettings, HubSettings, SubscribeError, Subscription};
+use nodens::cluster::source::hub::{FallbackSettings, HubSettings, SubscribeError, Subscription};
 use nodens::config::{Config, SourceKind};
 use nodens::hub::{Hub, HubSource};
-use nodens::metrics::{ClusterMetrics, HubMetrics, Metrics};
+use nodens::metrics::HubMetrics;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::support::hub_agent::Agent;
 use crate::support::kube_api::{endpoint_slice, headless_service, service, FakeKubeApi, Resource};
+use crate::support::server::holds_within as eventually;
 use crate::support::server::{self, http_get, metric, Nodens};
 use crate::support::upstream::{build_query, udp_exchange};
 
 const CONVERGE: Duration = Duration::from_secs(15);
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// A hub's config: ephemeral ports, fast heartbeats, `history` deltas kept.
 fn hub_config(history: usize) -> Config {
@@ -69,41 +56,6 @@ fn settings(addrs: Vec<SocketAddr>) -> HubSettings {
         timeout: Duration::from_secs(2),
         fallback: None,
         tls: None,
-    }
-}
-
-/// The `hub` source running on its own index.
-struct Agent {
-    index: IndexHandle,
-    metrics: ClusterMetrics,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Agent {
-    fn start(settings: HubSettings) -> Agent {
-        let (writer, index) = new_index();
-        let metrics = Metrics::new(prometheus::Registry::new()).unwrap().cluster;
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(hub_source::run(settings, writer, metrics.clone(), stopped));
-        Agent {
-            index,
-            metrics,
-            stop,
-            task,
-        }
-    }
-
-    fn frames(&self, kind: &str) -> u64 {
-        self.metrics.hub.frames.with_label_values(&[kind]).get()
-    }
-
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("the source stops on shutdown")
-            .expect("the source does not panic");
     }
 }
 

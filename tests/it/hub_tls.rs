@@ -6,36 +6,20 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodens::cluster::codec::Frame;
-use nodens::cluster::index::{new_index, IndexHandle};
-use nodens::cluster::source::hub::{self as hub_source, HubSettings, HubTls, SubscribeError, Subscription};
+use nodens::cluster::source::hub::{HubSettings, HubTls, SubscribeError, Subscription};
 use nodens::config::Config;
 use nodens::hub::{Hub, HubError, HubSource};
-use nodens::metrics::{ClusterMetrics, Metrics};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
+use crate::support::hub_agent::Agent;
 use crate::support::kube_api::{endpoint_slice, service, FakeKubeApi};
+use crate::support::server::holds_within as eventually;
 
 const CONVERGE: Duration = Duration::from_secs(15);
 const HUB_NAME: &str = "nodens-hub.kube-system.svc";
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// A CA written to `dir/<name>-ca.crt`, and a hub certificate it signed for
 /// `HUB_NAME` (`dir/<name>-hub.crt`, `dir/<name>-hub.key`).
@@ -97,41 +81,6 @@ fn agent_settings(hub: SocketAddr, ca: Option<&Path>, server_name: &str) -> HubS
     c.cluster.hub_server_name = server_name.into();
     c.validate().expect("a valid agent config");
     HubSettings::from_config(&c.cluster)
-}
-
-/// The `hub` source running on its own index.
-struct Agent {
-    index: IndexHandle,
-    metrics: ClusterMetrics,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Agent {
-    fn start(settings: HubSettings) -> Agent {
-        let (writer, index) = new_index();
-        let metrics = Metrics::new(prometheus::Registry::new()).unwrap().cluster;
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(hub_source::run(settings, writer, metrics.clone(), stopped));
-        Agent {
-            index,
-            metrics,
-            stop,
-            task,
-        }
-    }
-
-    fn sessions(&self, outcome: &str) -> u64 {
-        self.metrics.hub.sessions.with_label_values(&[outcome]).get()
-    }
-
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("the source stops on shutdown")
-            .expect("the source does not panic");
-    }
 }
 
 fn ip(s: &str) -> IpAddr {

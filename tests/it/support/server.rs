@@ -125,3 +125,18 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes (for state
+/// another task converges, such as an index a source fills).
+pub async fn holds_within(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
