@@ -228,6 +228,9 @@ pub struct HubMetrics {
     pub snapshots_sent: IntCounterVec,
     /// Stream requests, by outcome (ok, unauthorized, not_ready, bad_request).
     pub requests: IntCounterVec,
+    /// TLS handshakes (`hub.tls_cert` set), by outcome: ok, failed, timeout.
+    /// A rising `failed` is agents that do not trust this hub, or a cleartext agent.
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl HubMetrics {
@@ -258,6 +261,13 @@ impl HubMetrics {
                 Opts::new("nodens_hub_requests_total", "Index stream requests, by outcome"),
                 &["outcome"],
             )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "nodens_hub_tls_handshakes_total",
+                    "TLS handshakes of agent connections, by outcome (ok, failed, timeout)",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.subscribers.clone()))?;
         registry.register(Box::new(m.version.clone()))?;
@@ -269,6 +279,7 @@ impl HubMetrics {
         registry.register(Box::new(m.frames_sent.clone()))?;
         registry.register(Box::new(m.snapshots_sent.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.tls_handshakes.clone()))?;
         Ok(m)
     }
 }

@@ -145,15 +145,21 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, &req, peer)) }
             });
+            let handshakes = &ctx.metrics.tls_handshakes;
             let served = match tls {
                 None => http.serve_connection(TokioIo::new(stream), svc).await,
                 Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Ok(Ok(stream)) => {
+                        handshakes.with_label_values(&["ok"]).inc();
+                        http.serve_connection(TokioIo::new(stream), svc).await
+                    }
                     Ok(Err(error)) => {
+                        handshakes.with_label_values(&["failed"]).inc();
                         debug!(%peer, %error, "hub TLS handshake failed");
                         Ok(())
                     }
                     Err(_) => {
+                        handshakes.with_label_values(&["timeout"]).inc();
                         debug!(%peer, "hub TLS handshake timed out");
                         Ok(())
                     }

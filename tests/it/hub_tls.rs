@@ -128,6 +128,10 @@ async fn an_agent_with_the_hub_ca_syncs_over_tls_and_follows_changes() {
         .await
         .unwrap();
     assert!(matches!(sub.next().await.unwrap().0, Frame::Snapshot(_)));
+    let handshakes = &hub.metrics().tls_handshakes;
+    let ok = handshakes.with_label_values(&["ok"]).get();
+    assert!(ok >= 2, "the agent and the direct subscription: {ok}");
+    assert_eq!(handshakes.with_label_values(&["failed"]).get(), 0);
     agent.stop().await;
     hub.shutdown().await;
 }
@@ -180,10 +184,17 @@ async fn an_agent_trusts_no_hub_but_the_one_its_ca_signed_for_its_name() {
     // A TLS hub when the agent speaks h2c.
     never_syncs("cleartext agent", agent_settings(tls_addr, None, HUB_NAME)).await;
 
-    // Nothing got through to the TLS hub's endpoint.
+    // Nothing got through to the TLS hub's endpoint; the hub counted the refusals.
     let m = tls_hub.metrics();
     assert_eq!(m.requests.with_label_values(&["ok"]).get(), 0);
     assert_eq!(m.subscribers.get(), 0);
+    let handshakes = |outcome: &str| m.tls_handshakes.with_label_values(&[outcome]).get();
+    assert!(
+        handshakes("failed") >= 4,
+        "{} failed handshakes counted",
+        handshakes("failed")
+    );
+    assert_eq!(handshakes("ok"), 0, "no client completed a handshake");
     tls_hub.shutdown().await;
     clear_hub.shutdown().await;
 }
