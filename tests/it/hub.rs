@@ -22,7 +22,7 @@ use nodens::metrics::HubMetrics;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::support::hub_agent::Agent;
+use crate::support::hub_agent::{start_hub, Agent};
 use crate::support::kube_api::{endpoint_slice, headless_service, service, FakeKubeApi, Resource};
 use crate::support::server::holds_within as eventually;
 use crate::support::server::{self, http_get, metric, Nodens};
@@ -38,15 +38,6 @@ fn hub_config(history: usize) -> Config {
     c.hub.heartbeat = Duration::from_millis(200);
     c.hub.history = history;
     c
-}
-
-async fn start_hub(api: &FakeKubeApi, config: &Config) -> Hub {
-    let hub = Hub::start(config, HubSource::Kubernetes(api.client())).expect("the hub starts");
-    assert!(
-        eventually(CONVERGE, || hub.index().is_synced()).await,
-        "the hub never synced"
-    );
-    hub
 }
 
 fn settings(addrs: Vec<SocketAddr>) -> HubSettings {

@@ -14,7 +14,7 @@ use nodens::config::Config;
 use nodens::hub::{Hub, HubError, HubSource};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
-use crate::support::hub_agent::Agent;
+use crate::support::hub_agent::{start_hub, Agent};
 use crate::support::kube_api::{endpoint_slice, service, FakeKubeApi};
 use crate::support::server::holds_within as eventually;
 
@@ -61,15 +61,6 @@ fn hub_config(tls: Option<&Pki>) -> Config {
     c.hub.tls_cert = tls.map(|p| p.cert.clone());
     c.hub.tls_key = tls.map(|p| p.key.clone());
     c
-}
-
-async fn start_hub(api: &FakeKubeApi, config: &Config) -> Hub {
-    let hub = Hub::start(config, HubSource::Kubernetes(api.client())).expect("the hub starts");
-    assert!(
-        eventually(CONVERGE, || hub.index().is_synced()).await,
-        "the hub never synced"
-    );
-    hub
 }
 
 /// The agent's settings as `[cluster]` gives them: `ca` set means TLS.

@@ -1,5 +1,6 @@
-//! The agent side of the hub (`cluster.source = "hub"`) running on its own
-//! index, without the rest of nodens: what the hub tests watch converge.
+//! A hub on the fake API server, and the agent side of the hub
+//! (`cluster.source = "hub"`) running on its own index without the rest of
+//! nodens: what the hub tests watch converge.
 
 #![allow(dead_code)]
 
@@ -7,9 +8,24 @@ use std::time::Duration;
 
 use nodens::cluster::index::{new_index, IndexHandle};
 use nodens::cluster::source::hub::{self as hub_source, HubSettings};
+use nodens::config::Config;
+use nodens::hub::{Hub, HubSource};
 use nodens::metrics::{ClusterMetrics, Metrics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use super::kube_api::FakeKubeApi;
+use super::server::holds_within;
+
+/// A hub watching `api`, once its index has synced.
+pub async fn start_hub(api: &FakeKubeApi, config: &Config) -> Hub {
+    let hub = Hub::start(config, HubSource::Kubernetes(api.client())).expect("the hub starts");
+    assert!(
+        holds_within(Duration::from_secs(15), || hub.index().is_synced()).await,
+        "the hub never synced"
+    );
+    hub
+}
 
 pub struct Agent {
     pub index: IndexHandle,
