@@ -275,8 +275,8 @@ impl App {
 }
 
 /// Binds the UDP sockets and the TCP listener of one listen address on the
-/// same port. With port 0 the kernel picks the UDP port, which may be taken
-/// for TCP: try a few ports before giving up.
+/// same port. With port 0 a port free for both is chosen first
+/// (`exclusive_port`), and a few ports are tried before giving up.
 fn bind_pair(
     addr: SocketAddr,
     workers: usize,
@@ -284,6 +284,14 @@ fn bind_pair(
     let attempts = if addr.port() == 0 { 8 } else { 1 };
     let mut last = None;
     for _ in 0..attempts {
+        let addr = match addr.port() {
+            0 => exclusive_port(addr).map_err(|source| BuildError::Bind {
+                proto: "udp",
+                addr,
+                source,
+            })?,
+            _ => addr,
+        };
         let sockets = udp::bind(addr, workers).map_err(|source| BuildError::Bind {
             proto: "udp",
             addr,
@@ -306,6 +314,25 @@ fn bind_pair(
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+/// A port on `addr`'s IP that no socket holds, UDP or TCP. Letting the
+/// kernel pick one for a SO_REUSEPORT socket is not enough: it hands out a
+/// port another reuseport group of the same user already has (412 of 5,000
+/// such binds on this machine), and that group's process would then get
+/// half of our datagrams. A bind without SO_REUSEPORT gets a port nobody
+/// holds; it is released just before the listeners take it.
+fn exclusive_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = std::net::UdpSocket::bind(addr)?;
+        let port = udp.local_addr()?.port();
+        match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(_) => return Ok(SocketAddr::new(addr.ip(), port)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
 }
 
 /// `bind_pair` beside a serving predecessor: the UDP sockets unbound (they

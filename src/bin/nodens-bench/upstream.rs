@@ -420,7 +420,16 @@ impl Upstream {
         let responder = Arc::new(Responder::new(spec)?);
         let threads = spec.threads.max(1);
         let bind_err = |addr, source| UpstreamError::Bind { addr, source };
-        let first = bind_udp(spec.listen).map_err(|e| bind_err(spec.listen, e))?;
+        // Port 0: a port nobody holds, from a bind without SO_REUSEPORT (the
+        // kernel gives a reuseport bind to port 0 ports other reuseport
+        // groups of the same user already have).
+        let listen = match spec.listen.port() {
+            0 => UdpSocket::bind(spec.listen)
+                .and_then(|probe| probe.local_addr())
+                .map_err(|e| bind_err(spec.listen, e))?,
+            _ => spec.listen,
+        };
+        let first = bind_udp(listen).map_err(|e| bind_err(listen, e))?;
         let addr = first.local_addr().map_err(|e| bind_err(spec.listen, e))?;
         let mut socks = vec![first];
         for _ in 1..threads {
