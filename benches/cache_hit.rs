@@ -12,22 +12,18 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use nodens::config::{CacheConfig, UpstreamConfig};
 use nodens::metrics::Metrics;
 use nodens::pipeline::{Live, Pipeline, Stages, Step, Transport};
-use nodens::stage::cache::{Cache, Entry, Key, TtlLimits};
+use nodens::stage::cache::{Cache, Entry, Key};
 use nodens::stage::guard::Acl;
-use nodens::stage::shaper::{Shaper, ShaperSettings};
+use nodens::stage::shaper::Shaper;
 use nodens::stage::upstream::{UpstreamMetrics, UpstreamSettings, Upstreams};
 
 const NAMES: usize = 10_000;
 
 fn pipeline() -> Pipeline {
-    let limits = TtlLimits {
-        min_ttl: 0,
-        max_ttl: 86400,
-        min_negative_ttl: 30,
-        max_negative_ttl: 3600,
-    };
+    let limits = nodens::app::ttl_limits(&CacheConfig::default());
     let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
     // Never contacted: every query in this bench is a hit.
     let upstreams = Upstreams::new(
@@ -64,15 +60,7 @@ fn pipeline() -> Pipeline {
         cache,
         // Never consulted: hits are not metered.
         shaper: Shaper::new(
-            ShaperSettings {
-                qps: 800,
-                burst: 100,
-                max_inflight: 150,
-                per_client_qps: 100,
-                per_client_burst: 100,
-                queue_wait: Duration::from_millis(200),
-                queue_size: 1000,
-            },
+            nodens::app::shaper_settings(&UpstreamConfig::default()),
             metrics.protection.clone(),
         ),
         refreshes: None,
@@ -148,12 +136,7 @@ fn bench(c: &mut Criterion) {
             RData::A(A::new(192, 0, 2, last)),
         ));
     }
-    let limits = TtlLimits {
-        min_ttl: 0,
-        max_ttl: 86400,
-        min_negative_ttl: 30,
-        max_negative_ttl: 3600,
-    };
+    let limits = nodens::app::ttl_limits(&CacheConfig::default());
     let now = Instant::now();
     let entry = Entry::from_response(&resp, &target, RecordType::A, false, &limits, now).unwrap();
     let mut m = Message::query();

@@ -359,7 +359,7 @@ fn hold_pair(
 }
 
 /// The cache's TTL bounds (`cache.*`).
-pub(crate) fn ttl_limits(c: &CacheConfig) -> TtlLimits {
+pub fn ttl_limits(c: &CacheConfig) -> TtlLimits {
     TtlLimits {
         min_ttl: c.min_ttl,
         max_ttl: c.max_ttl,
@@ -369,7 +369,7 @@ pub(crate) fn ttl_limits(c: &CacheConfig) -> TtlLimits {
 }
 
 /// The shaper's keys (`[upstream]`, DESIGN §7).
-pub(crate) fn shaper_settings(u: &UpstreamConfig) -> ShaperSettings {
+pub fn shaper_settings(u: &UpstreamConfig) -> ShaperSettings {
     ShaperSettings {
         qps: u.qps,
         burst: u.burst,

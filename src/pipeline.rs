@@ -52,6 +52,9 @@ struct WarmRequest {
 const CONTINUATIONS: u64 = 65_536;
 const CONTINUATION_SECS: u64 = 10;
 
+/// A flight's identity: a cache key and the address of the upstream clients asked.
+const FLIGHT_KEY_LEN: usize = MAX_KEY_LEN + std::mem::size_of::<usize>();
+
 /// Seconds a resolution failure is cached (RFC 9520 §3.2: at least 1).
 const FAILURE_TTL: u32 = 1;
 
@@ -626,19 +629,15 @@ impl Pipeline {
     }
 
     /// The cache key plus which upstreams are asked (the main ones, or the
-    /// cluster fallback): a flight's identity.
-    fn flight_key(&self, key: &Key, upstreams: &Upstreams) -> ([u8; MAX_KEY_LEN + 1], usize) {
-        let mut buf = [0u8; MAX_KEY_LEN + 1];
+    /// cluster fallback: the client object's address tells them apart
+    /// without loading the live stages again): a flight's identity.
+    fn flight_key(&self, key: &Key, upstreams: &Upstreams) -> ([u8; FLIGHT_KEY_LEN], usize) {
+        let mut buf = [0u8; FLIGHT_KEY_LEN];
         let k = key.as_bytes();
         buf[..k.len()].copy_from_slice(k);
-        let fallback = self
-            .live
-            .load()
-            .cluster_fallback
-            .as_ref()
-            .is_some_and(|f| std::ptr::eq(upstreams, &**f));
-        buf[k.len()] = u8::from(fallback);
-        (buf, k.len() + 1)
+        let id = (upstreams as *const Upstreams as usize).to_ne_bytes();
+        buf[k.len()..k.len() + id.len()].copy_from_slice(&id);
+        (buf, k.len() + id.len())
     }
 
     /// The leader's part of a flight: admission, the upstream, the cache.
