@@ -210,37 +210,8 @@ start_server() { # name -> sets PID[name], PORT[name]; 1 on failure (STATUS says
         (cd "$dir" && exec "${SRV_PIN[@]}" "$COREDNS" -conf "$dir/Corefile") >"$dir/log" 2>&1 &
         ;;
     unbound)
-        # As in benches/dnsperf/run.sh: 2 threads, a forwarding cache.
-        cat >"$dir/unbound.conf" <<EOF
-server:
-    verbosity: 0
-    num-threads: 2
-    so-reuseport: yes
-    interface: $ADDR@$port
-    port: $port
-    do-ip6: no
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
-    chroot: ""
-    username: ""
-    directory: "$dir"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    do-daemonize: no
-    module-config: "iterator"
-    msg-cache-size: 64m
-    rrset-cache-size: 128m
-    num-queries-per-thread: 4096
-    outgoing-range: 8192
-    so-rcvbuf: 4m
-    so-sndbuf: 4m
-remote-control:
-    control-enable: no
-forward-zone:
-    name: "."
-    forward-addr: $ADDR@$UPORT
-EOF
+        # The same unbound as every bench script runs (compare/lib.sh).
+        unbound_conf "$dir" "$port" "$ADDR@$UPORT"
         "${SRV_PIN[@]}" unbound -d -c "$dir/unbound.conf" >"$dir/log" 2>&1 &
         ;;
     dnsmasq)

@@ -13,6 +13,8 @@
 # Everything runs on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/compare/lib.sh
+source benches/compare/lib.sh # unbound_conf
 
 BENCH=target/release/nodens-bench
 NODENS=target/release/nodens
@@ -58,26 +60,7 @@ start_nodens() { # mode
 
 start_unbound() {
     mkdir -p "$TMP/unbound"
-    cat >"$TMP/unbound/unbound.conf" <<EOF
-server:
-    verbosity: 0
-    num-threads: 2
-    interface: 127.0.0.1@$SRV_PORT
-    port: $SRV_PORT
-    do-ip6: no
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
-    chroot: ""
-    username: ""
-    directory: "$TMP/unbound"
-    pidfile: ""
-    use-syslog: no
-    do-daemonize: no
-    module-config: "iterator"
-forward-zone:
-    name: "."
-    forward-addr: 127.0.0.1@$UP_PORT
-EOF
+    unbound_conf "$TMP/unbound" "$SRV_PORT" "127.0.0.1@$UP_PORT"
     unbound -d -c "$TMP/unbound/unbound.conf" >"$TMP/unbound.log" 2>&1 &
     SERVER=$!
 }

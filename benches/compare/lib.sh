@@ -1,5 +1,6 @@
-# Shell functions shared by benches/compare.sh and benches/compare/ceiling.sh
-# (sourced, not run). The same approach as benches/dnsperf/run.sh: free
+# Shell functions shared by the bench scripts (benches/compare.sh,
+# compare/ceiling.sh, dnsperf/run.sh, shortcut_modes.sh, memory.sh; sourced,
+# not run). The same approach as benches/dnsperf/run.sh: free
 # ports found with ss, CPU time from /proc/PID/stat, servers and load pinned
 # to different CPUs with taskset. Everything listens on and talks to
 # 127.0.0.1 only.
@@ -99,4 +100,46 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || rc=$?
     if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
     return "$rc"
+}
+
+# Writes the unbound config every comparison runs (2 threads, a forwarding
+# cache, as a node would run it) to DIR/unbound.conf: listening on
+# ADDR@PORT, forwarding everything to FORWARD (ip@port).
+unbound_conf() { # dir port forward
+    cat >"$1/unbound.conf" <<EOF2
+server:
+    verbosity: 0
+    num-threads: 2
+    so-reuseport: yes
+    interface: $ADDR@$2
+    port: $2
+    do-ip6: no
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    chroot: ""
+    username: ""
+    directory: "$1"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    do-daemonize: no
+    module-config: "iterator"
+    log-queries: no
+    log-replies: no
+    # "test." is one of unbound's built-in RFC 6761 local zones (it would
+    # answer NXDOMAIN itself); let it be forwarded like any other name.
+    local-zone: "test." nodefault
+    msg-cache-size: 64m
+    rrset-cache-size: 128m
+    prefetch: no
+    num-queries-per-thread: 4096
+    outgoing-range: 8192
+    so-rcvbuf: 4m
+    so-sndbuf: 4m
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: $3
+EOF2
 }

@@ -130,42 +130,7 @@ start_server() { # name
         ;;
     unbound)
         mkdir -p "$TMP/unbound"
-        cat >"$TMP/unbound/unbound.conf" <<EOF
-server:
-    verbosity: 0
-    num-threads: 2
-    so-reuseport: yes
-    interface: $ADDR@$port
-    port: $port
-    do-ip6: no
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
-    chroot: ""
-    username: ""
-    directory: "$TMP/unbound"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    do-daemonize: no
-    module-config: "iterator"
-    log-queries: no
-    log-replies: no
-    # "test." is one of unbound's built-in RFC 6761 local zones (it would
-    # answer NXDOMAIN itself); let it be forwarded like any other name.
-    local-zone: "test." nodefault
-    msg-cache-size: 64m
-    rrset-cache-size: 128m
-    prefetch: no
-    num-queries-per-thread: 4096
-    outgoing-range: 8192
-    so-rcvbuf: 4m
-    so-sndbuf: 4m
-remote-control:
-    control-enable: no
-forward-zone:
-    name: "."
-    forward-addr: $ADDR@${PORT[canned]}
-EOF
+        unbound_conf "$TMP/unbound" "$port" "$ADDR@${PORT[canned]}"
         "${SRV_PIN[@]}" unbound -d -c "$TMP/unbound/unbound.conf" >"$TMP/$s.log" 2>&1 &
         ;;
     esac
