@@ -240,10 +240,6 @@ impl Pipeline {
         &self.shaper
     }
 
-    pub fn edns_udp_size(&self) -> u16 {
-        self.edns_udp_size
-    }
-
     fn limit(&self, query: &Query, transport: Transport) -> usize {
         match transport {
             Transport::Udp => query.udp_limit(self.edns_udp_size),

@@ -68,9 +68,6 @@ pub struct Query {
 }
 
 impl Query {
-    pub fn opcode(&self) -> u8 {
-        ((self.flags >> 11) & 0xf) as u8
-    }
     pub fn recursion_desired(&self) -> bool {
         self.flags & FLAG_RD != 0
     }

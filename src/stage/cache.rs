@@ -501,17 +501,11 @@ impl Entry {
         !self.is_failure() && now < self.expired_at.checked_add(stale_ttl).unwrap_or(self.expired_at)
     }
 
-    pub fn ttl(&self) -> u32 {
-        self.ttl
-    }
     pub fn rcode(&self) -> u8 {
         self.rcode
     }
     pub fn is_negative(&self) -> bool {
         self.negative
-    }
-    pub fn is_name_wide_nxdomain(&self) -> bool {
-        self.name_wide_nxdomain
     }
 
     /// Heap bytes of the entry's own allocations, as malloc takes them: the
@@ -829,12 +823,7 @@ impl Cache {
     /// A hit late in the entry's life asks for a refresh (once per entry,
     /// never waiting: a full queue drops the request).
     pub fn get(&self, key: &Key, now: Instant) -> Option<Arc<Entry>> {
-        let fresh = |e: Arc<Entry>| e.is_fresh(now).then_some(e);
-        let entry = self
-            .inner
-            .get(key.as_bytes())
-            .and_then(fresh)
-            .or_else(|| self.inner.get(key.nxdomain().as_bytes()).and_then(fresh))?;
+        let entry = self.peek(key, now)?;
         if entry.stale {
             self.freshness.stale_hits.inc();
         }
@@ -887,15 +876,11 @@ impl Cache {
         if entry.ttl == 0 {
             return;
         }
-        let k = if entry.name_wide_nxdomain {
-            key.nxdomain()
-        } else {
-            Key {
-                buf: key.buf,
-                len: key.len,
-            }
+        let stored: Box<[u8]> = match entry.name_wide_nxdomain {
+            true => key.nxdomain().as_bytes().into(),
+            false => key.as_bytes().into(),
         };
-        self.inner.insert(k.as_bytes().into(), entry);
+        self.inner.insert(stored, entry);
     }
 
     pub fn entry_count(&self) -> u64 {

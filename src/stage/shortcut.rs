@@ -121,10 +121,6 @@ impl SearchPath {
         }
     }
 
-    pub fn host_domains(&self) -> usize {
-        self.hosts.len()
-    }
-
     /// Recognises `P.<ns>.svc.Z` where P has fewer than `ndots` dots: the first
     /// name glibc tries for P (`lname` lowercase wire).
     pub fn first_query(&self, lname: &[u8]) -> Option<Walk> {
