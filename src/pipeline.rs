@@ -350,12 +350,16 @@ impl Pipeline {
             }
             Mode::Cname => {
                 // Keep the NXDOMAIN: the walk writes over it only when it finds a name.
-                match self.walk_now(live, search, msg, &query, walk, now, transport, out) {
+                match self.walk_now(live, search, msg, &query, key.name(), walk, now, transport, out) {
                     walk::WalkEnd::Answered { rcode } => Step::Answered {
                         source: Source::Shortcut,
                         rcode,
                     },
                     walk::WalkEnd::NotFound => {
+                        self.expect_continuation(search, key.name(), walk);
+                        nxdomain
+                    }
+                    walk::WalkEnd::Unwritten => {
                         self.expect_continuation(search, key.name(), walk);
                         self.cluster_answer(live, msg, &query, transport, out);
                         nxdomain

@@ -37,8 +37,13 @@ enum Probe {
 pub(super) enum WalkEnd {
     /// `out` holds the CNAME answer.
     Answered { rcode: u8 },
-    /// Nothing that glibc would stop at: answer the plain NXDOMAIN.
+    /// Nothing that glibc would stop at: answer the plain NXDOMAIN (`out`
+    /// is as the caller left it).
     NotFound,
+    /// A name was found but its answer could not be written (too large for
+    /// the splice and hickory both): answer the plain NXDOMAIN, which `out`
+    /// no longer holds.
+    Unwritten,
     /// `walk_now` needs the upstream.
     NeedFetch,
 }
@@ -136,14 +141,14 @@ impl Pipeline {
         search: &SearchPath,
         msg: &[u8],
         query: &Query,
+        lname: &[u8],
         walk: Walk,
         now: Instant,
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> WalkEnd {
-        let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
         let mut cname_ttl = live.negative_ttl();
-        for cand in search.candidates(lname.name(), walk) {
+        for cand in search.candidates(lname, walk) {
             let (found, entry) = match self.probe(live, &cand, query.qtype, query, now) {
                 Probe::Known(f, e) => (f, e),
                 Probe::Fetch => return WalkEnd::NeedFetch,
@@ -277,7 +282,8 @@ impl Pipeline {
                     ),
                 };
                 if written.is_err() {
-                    return Some(WalkEnd::NotFound);
+                    self.count_walk(None);
+                    return Some(WalkEnd::Unwritten);
                 }
                 // The question is in our zone: the CNAME is ours to vouch for.
                 wire::set_authoritative(out);
@@ -308,7 +314,7 @@ impl Pipeline {
     ) -> (Source, u8) {
         match self.walk(live, msg, query, walk, transport, client, out).await {
             WalkEnd::Answered { rcode } => (Source::Shortcut, rcode),
-            WalkEnd::NotFound | WalkEnd::NeedFetch => {
+            WalkEnd::NotFound | WalkEnd::Unwritten | WalkEnd::NeedFetch => {
                 if let Some(search) = &live.search {
                     let lname = Key::new(query.qname(msg), query.qtype, query.qclass, false);
                     self.expect_continuation(search, lname.name(), walk);
