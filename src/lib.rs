@@ -7,7 +7,10 @@
 //!   `front::tcp` the framed, bounded TCP listener.
 //! - `pipeline`: the stages in query order, and the split between the
 //!   synchronous hit path and the async miss path.
-//! - `stage`: one module per stage: `guard`, `cache`, `upstream`.
+//! - `stage`: one module per stage: `guard`, `cache`, `upstream`, and the
+//!   upstream's protection (`coalesce`, `shaper`) and the search-path
+//!   `shortcut`.
+//! - `reload`: applying a changed config while serving.
 //! - `wire`: zero-copy reading and writing of DNS messages on the hot path.
 //! - `metrics`, `admin`: Prometheus metrics and the admin HTTP server.
 //! - `hub`: `nodens hub`, the one API-server watch that streams the cluster

@@ -393,8 +393,9 @@ impl Entry {
     }
 
     /// Writes `query`'s answer as `CNAME target` followed by this entry's
-    /// records (the answer for the target): how an ExternalName service is
-    /// answered. Rebuilt through hickory, so only on the miss path.
+    /// records (the answer for the target): how an ExternalName service and
+    /// the search-path shortcut are answered, on the hit path too. Spliced
+    /// at the wire level (`wire::splice`), else rebuilt through hickory.
     #[allow(clippy::too_many_arguments)]
     pub fn write_behind_cname(
         &self,

